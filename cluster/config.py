@@ -1,0 +1,30 @@
+"""The `cluster:` config section: which Ray to use and how to reach it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cluster.configfile import StrictModel
+
+
+class ClusterConfig(StrictModel):
+    """Where things run. Without `address`, an embedded single-node Ray on loopback is started and stopped with us."""
+
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto', or 'HOST:PORT' of the GCS). None: start an embedded local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="Embedded Ray only: CPUs to declare (default: all cores).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Embedded Ray only: extra node resources, e.g. {NPU: 8}."
+    )
+    auth_mode: Literal["token", "disabled"] = Field(
+        "token",
+        description="Ray's RPC auth mode, always set explicitly. 'token' keeps the token at "
+        "$EVALCLUSTER_HOME/ray/auth_token (mode 0600) unless RAY_AUTH_TOKEN_PATH names another file.",
+    )
+    include_dashboard: bool = Field(
+        False, description="Embedded Ray only: start the dashboard (needed for `ray job submit`; ~200 MB)."
+    )
+    namespace: str = Field("evalcluster", description="Ray namespace of evalcluster's named actors and apps.")

@@ -1,0 +1,86 @@
+"""Connecting to Ray: an embedded loopback-only local Ray by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from cluster.config import ClusterConfig
+from cluster.errors import ClusterConnectionError
+from cluster.paths import evalcluster_home
+
+log = logging.getLogger(__name__)
+
+
+def auth_token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or evalcluster_home() / "ray" / "auth_token")
+
+
+def ray_env(cfg: ClusterConfig, *, local: bool) -> dict[str, str]:
+    """Environment Ray must see, in this process and in every `ray` command we start.
+
+    Ray's token auth is on by default and only sent by clients that set RAY_AUTH_MODE=token, so the mode is always
+    explicit. A local single-node Ray rewrites 127.0.0.1 to the machine's address unless this variable is 0.
+    """
+    env = {"RAY_AUTH_MODE": cfg.auth_mode}
+    if cfg.auth_mode == "token":
+        env["RAY_AUTH_TOKEN_PATH"] = str(ensure_auth_token())
+    if local:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
+
+
+def ensure_auth_token() -> Path:
+    """Create the token file once (0600); Ray refuses an empty or missing RAY_AUTH_TOKEN_PATH file."""
+    path = auth_token_path()
+    if not path.exists() or not path.read_text().strip():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def connect(cfg: ClusterConfig) -> bool:
+    """Start or join Ray per `cfg`. Returns True when this call started an embedded Ray (caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    os.environ.update(ray_env(cfg, local=address is None))
+    try:
+        if address:
+            # Jobs submitted with `ray job submit` land here with RAY_ADDRESS set by the job supervisor.
+            ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
+            return False
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            resources=cfg.resources or None,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host="127.0.0.1",
+            namespace=cfg.namespace,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+        )
+    except ConnectionError as exc:
+        raise ClusterConnectionError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+    log.info("started an embedded local Ray on 127.0.0.1")
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(cfg: ClusterConfig) -> Iterator[None]:
+    """`connect`, and on exit shut down what this call started (an embedded Ray), leave a joined cluster running."""
+    import ray
+
+    started = connect(cfg)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,28 @@
+"""The one error hierarchy. Code raises these; the ingress and the CLI turn them into short messages."""
+
+from __future__ import annotations
+
+
+class EvalClusterError(Exception):
+    """Base of every error evalcluster raises on purpose. `http_status` is what the ingress answers with."""
+
+    http_status = 500
+    error_type = "internal_error"
+
+
+class ConfigError(EvalClusterError):
+    """A config file, field or flag has a bad value. The message names the file, field and value."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+
+
+class InfeasiblePlacementError(EvalClusterError):
+    """A replica needs more devices on one node than any node of the cluster has."""
+
+    http_status = 503
+    error_type = "infeasible_placement"
+
+
+class ClusterConnectionError(EvalClusterError):
+    """Ray could not be started or reached."""

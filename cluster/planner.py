@@ -1,0 +1,436 @@
+"""Placement planning: what a replica needs, whether any node can ever hold it, where replicas fit now.
+
+Every replica holds all its devices on one node (design.md §1: tensor parallelism stays inside a node), so a
+request is feasible only if one node's *total* resources cover one replica. Ray itself would queue an
+infeasible request forever (facts.md: Serve stays DEPLOYING and only warns after 30 s), hence the checks here:
+
+    needs = replica_needs("ascend", tensor_parallel_size=4, cpus_per_replica=1)     # {"NPU": 4, "CPU": 1}
+    nodes = live_nodes()                                                              # needs a Ray connection
+    check_feasible("step_400", needs, num_replicas=2, nodes=nodes)                    # raises: unplaceable
+    result = plan([PlacementRequest("step_400", needs, 2)], nodes)                    # placed now vs waiting
+
+Everything but `live_nodes`, `find_infeasible` and `watch_for_infeasible` is a pure function over plain data,
+so it is unit-tested without Ray. The watchdog catches what slips through after a deploy (actors or placement
+groups Ray cannot place) and fails with the same message within seconds:
+
+    serve.run_many(apps, wait_for_applications_running=False)
+    watch_for_infeasible(timeout_s=10, until=lambda: all_apps_running())
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cluster.errors import ClusterConnectionError, InfeasiblePlacementError
+
+Resources = dict[str, float]
+Platform = Literal["ascend", "cuda", "cpu"]
+
+# Ray stores resources as fixed-point numbers with 4 decimals; compare with that tolerance.
+EPSILON = 1e-4
+DEVICE_KEYS = ("NPU", "GPU")
+ACCELERATOR_TYPE_PREFIX = "accelerator_type:"
+
+
+@dataclass(frozen=True)
+class ReplicaNeeds:
+    """Resources one engine replica reserves, all on one node, e.g. {"NPU": 4, "CPU": 1}."""
+
+    resources: Mapping[str, float]
+
+    @property
+    def device_key(self) -> str | None:
+        """The accelerator resource this replica uses ("NPU", "GPU"), None for a CPU-only replica."""
+        return next((k for k in DEVICE_KEYS if self.resources.get(k, 0) > 0), None)
+
+    @property
+    def device_count(self) -> float:
+        return self.resources.get(self.device_key, 0.0) if self.device_key else 0.0
+
+    def describe(self) -> str:
+        """E.g. "4 NPU + 1 CPU"; accelerator types read "type Ascend910B" rather than a 0.001 resource."""
+        return describe_resources(self.resources)
+
+
+def describe_resources(resources: Mapping[str, float]) -> str:
+    parts = []
+    for key, value in sorted(resources.items(), key=lambda kv: _resource_order(kv[0])):
+        if key.startswith(ACCELERATOR_TYPE_PREFIX):
+            parts.append(f"type {key[len(ACCELERATOR_TYPE_PREFIX) :]}")
+        elif value > 0:
+            parts.append(f"{_number(value)} {key}")
+    return " + ".join(parts) or "nothing"
+
+
+def _resource_order(key: str) -> tuple[int, str]:
+    order = {"NPU": 0, "GPU": 1, "CPU": 2, "memory": 4}
+    return (3 if key not in order else order[key], key)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def replica_needs(
+    platform: Platform,
+    tensor_parallel_size: int,
+    cpus_per_replica: float,
+    accelerator_type: str | None = None,
+) -> ReplicaNeeds:
+    """What one replica reserves: its tensor-parallel devices plus host CPUs (the engine's compute on cpu)."""
+    if tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    resources: Resources = {}
+    if platform == "ascend":
+        resources["NPU"] = float(tensor_parallel_size)
+    elif platform == "cuda":
+        resources["GPU"] = float(tensor_parallel_size)
+    elif platform != "cpu":
+        raise ValueError(f"unknown platform {platform!r}")
+    if cpus_per_replica > 0:
+        resources["CPU"] = float(cpus_per_replica)
+    if accelerator_type:
+        # Ray's accelerator_type option asks for a sliver of this node resource (facts.md).
+        resources[ACCELERATOR_TYPE_PREFIX + accelerator_type] = 0.001
+    return ReplicaNeeds(resources)
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """One alive Ray node: what it declares (`total`) and what is unreserved right now (`available`)."""
+
+    node_id: str
+    address: str
+    total: Mapping[str, float]
+    available: Mapping[str, float]
+    is_head: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def fits(needs: Mapping[str, float], capacity: Mapping[str, float]) -> bool:
+    """True if `capacity` covers every positive amount in `needs`."""
+    return all(capacity.get(key, 0.0) + EPSILON >= value for key, value in needs.items() if value > 0)
+
+
+def _subtract(capacity: Mapping[str, float], needs: Mapping[str, float]) -> Resources:
+    left = dict(capacity)
+    for key, value in needs.items():
+        left[key] = left.get(key, 0.0) - value
+    return left
+
+
+def check_feasible(
+    model_name: str, needs: ReplicaNeeds, num_replicas: int, nodes: Sequence[NodeCapacity]
+) -> None:
+    """Raise InfeasiblePlacementError if no node can ever hold one replica (or the cluster all replicas).
+
+    Feasibility is judged on node totals, not what is free: replicas that only wait for others to finish are
+    not an error (`plan` reports them as waiting).
+    """
+    if not any(fits(needs.resources, n.total) for n in nodes):
+        raise InfeasiblePlacementError(infeasible_message(model_name, needs.resources, nodes))
+    # Even an empty cluster must hold all replicas at once, else the last ones would wait forever.
+    fit_on_empty = _pack(
+        [(model_name, i, needs) for i in range(num_replicas)], {n.node_id: n.total for n in nodes}
+    )[0]
+    if len(fit_on_empty) < num_replicas:
+        raise InfeasiblePlacementError(
+            f"model {model_name} needs {num_replicas} replicas of {needs.describe()} each; "
+            f"the whole cluster can hold at most {len(fit_on_empty)} at once"
+        )
+
+
+def infeasible_message(model_name: str, needs: Mapping[str, float], nodes: Sequence[NodeCapacity]) -> str:
+    """E.g. "model step_400 needs 16 NPU on one node; largest node has 8"."""
+    return _infeasible_message(f"model {model_name}", needs, nodes)
+
+
+def _infeasible_message(subject: str, needs: Mapping[str, float], nodes: Sequence[NodeCapacity]) -> str:
+    if not nodes:
+        return f"{subject} needs {describe_resources(needs)} on one node; the cluster has no alive nodes"
+    # Name the first resource that no single node has enough of: that is the actionable part.
+    for key, value in sorted(needs.items(), key=lambda kv: _resource_order(kv[0])):
+        if value <= 0:
+            continue
+        largest = max(n.total.get(key, 0.0) for n in nodes)
+        if largest + EPSILON < value:
+            if key.startswith(ACCELERATOR_TYPE_PREFIX):
+                return (
+                    f"{subject} needs accelerator type {key[len(ACCELERATOR_TYPE_PREFIX) :]}; no node has it"
+                )
+            return f"{subject} needs {_number(value)} {key} on one node; largest node has {_number(largest)}"
+    # Every resource exists somewhere, but never all together on one node.
+    best = max(nodes, key=lambda n: tuple(n.total.get(k, 0.0) for k in sorted(needs, key=_resource_order)))
+    wanted = {k: best.total.get(k, 0.0) for k in needs}
+    return (
+        f"{subject} needs {describe_resources(needs)} on one node; no node has all of that "
+        f"(largest: {describe_resources(wanted)} on {best.address})"
+    )
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """A model's replicas to place."""
+
+    model_name: str
+    needs: ReplicaNeeds
+    num_replicas: int = 1
+
+
+@dataclass(frozen=True)
+class ReplicaSlot:
+    """One replica of a model; `node_id` is where the plan puts it (None while it waits)."""
+
+    model_name: str
+    replica_index: int
+    node_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which replicas fit on the cluster's free capacity now and which wait (feasible, but no room yet)."""
+
+    placed: list[ReplicaSlot]
+    waiting: list[ReplicaSlot]
+    free_after: dict[str, Resources]
+
+    @property
+    def all_placed(self) -> bool:
+        return not self.waiting
+
+    def nodes_of(self, model_name: str) -> list[str]:
+        """Node ids holding `model_name`'s placed replicas, one entry per replica."""
+        return [s.node_id for s in self.placed if s.model_name == model_name and s.node_id is not None]
+
+    def waiting_models(self) -> list[str]:
+        return sorted({s.model_name for s in self.waiting})
+
+
+def plan(requests: Iterable[PlacementRequest], nodes: Sequence[NodeCapacity]) -> Plan:
+    """Pack replicas first-fit decreasing by device count onto the nodes' *available* resources.
+
+    Raises InfeasiblePlacementError for any request no node could ever hold (checked against totals first), so
+    a plan only ever contains placeable-now and waiting replicas. Ties keep the request order, nodes are tried
+    in the given order: the result is deterministic.
+    """
+    requests = list(requests)
+    for request in requests:
+        check_feasible(request.model_name, request.needs, request.num_replicas, nodes)
+    replicas = [(r.model_name, i, r.needs) for r in requests for i in range(r.num_replicas)]
+    placed, waiting, free = _pack(replicas, {n.node_id: n.available for n in nodes})
+    return Plan(placed=placed, waiting=waiting, free_after=free)
+
+
+def _pack(
+    replicas: list[tuple[str, int, ReplicaNeeds]], capacity: Mapping[str, Mapping[str, float]]
+) -> tuple[list[ReplicaSlot], list[ReplicaSlot], dict[str, Resources]]:
+    """First-fit decreasing: the biggest replicas go first, each onto the first node with room left."""
+    free = {node_id: dict(res) for node_id, res in capacity.items()}
+    placed: list[ReplicaSlot] = []
+    waiting: list[ReplicaSlot] = []
+    # sorted() is stable, so equal-sized replicas keep request order.
+    for model_name, index, needs in sorted(replicas, key=lambda r: -r[2].device_count):
+        node_id = next((nid for nid, res in free.items() if fits(needs.resources, res)), None)
+        if node_id is None:
+            waiting.append(ReplicaSlot(model_name, index))
+        else:
+            free[node_id] = _subtract(free[node_id], needs.resources)
+            placed.append(ReplicaSlot(model_name, index, node_id))
+    return placed, waiting, free
+
+
+def nodes_from_ray(
+    ray_nodes: Iterable[Mapping[str, Any]], available: Mapping[str, Mapping[str, float]]
+) -> list[NodeCapacity]:
+    """NodeCapacity per alive node of `ray.nodes()`; free resources from `available` (node id → resources)."""
+    result = []
+    for node in ray_nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        node_id = node["NodeID"]
+        total = {k: float(v) for k, v in (node.get("Resources") or {}).items()}
+        # Ray omits a resource from `available` once it is fully reserved: that means 0, not "unknown".
+        free = {k: float(available.get(node_id, {}).get(k, 0.0)) for k in total}
+        is_head = any(k.startswith("node:__internal_head__") for k in total)
+        result.append(
+            NodeCapacity(
+                node_id=node_id,
+                address=node.get("NodeManagerAddress", ""),
+                total=total,
+                available=free,
+                is_head=is_head,
+                labels=dict(node.get("Labels") or {}),
+            )
+        )
+    return result
+
+
+def live_nodes() -> list[NodeCapacity]:
+    """The connected Ray cluster's alive nodes with their current free resources (needs `ray.init` done)."""
+    import ray
+    from ray._private.state import (
+        available_resources_per_node,
+    )  # DeveloperAPI; no public per-node view exists
+
+    return nodes_from_ray(ray.nodes(), available_resources_per_node())
+
+
+# -- watchdog: what Ray accepted but can never place ---------------------------------------------------------
+
+# Serve names replica actors and their placement groups SERVE_REPLICA::<app>#<deployment>#<id>.
+SERVE_REPLICA_PREFIX = "SERVE_REPLICA::"
+# serve_apps gives each checkpoint an app "engine:<served model name>" with one EngineSupervisor deployment.
+SUPERVISOR_DEPLOYMENT = "EngineSupervisor"
+ENGINE_APP_PREFIX = "engine:"
+ModelOf = Callable[[str], "str | None"]  # actor or placement group name → model name (None: not a model's)
+
+
+def supervisor_model(app: str, deployment: str) -> str | None:
+    """The model an engine-supervisor deployment serves; None for other deployments.
+
+    `engine:<model>` / `EngineSupervisor` is serve_apps' layout; a deployment named
+    `EngineSupervisor<sep><model>` works too.
+    """
+    if SUPERVISOR_DEPLOYMENT not in deployment:
+        return None
+    model = deployment.replace(SUPERVISOR_DEPLOYMENT, "").strip(":-_#/. ")
+    return model or app.removeprefix(ENGINE_APP_PREFIX) or None
+
+
+def split_replica_class_name(class_name: str) -> tuple[str, str] | None:
+    """`ServeReplica:<app>:<deployment>` → (app, deployment); app names may themselves contain ':'."""
+    if not class_name.startswith("ServeReplica:"):
+        return None
+    app, _, deployment = class_name.removeprefix("ServeReplica:").rpartition(":")
+    return app, deployment
+
+
+def _serve_subject(name: str) -> str | None:
+    """How a message names a Serve replica actor or placement group; None if `name` is not one."""
+    if not name.startswith(SERVE_REPLICA_PREFIX):
+        return None
+    parts = name[len(SERVE_REPLICA_PREFIX) :].split("#")
+    app, deployment = (parts[0], parts[1]) if len(parts) >= 3 else ("", parts[0])
+    model = supervisor_model(app, deployment)
+    return f"model {model}" if model else f"Serve deployment {deployment} of app {app or 'default'}"
+
+
+def _field(obj: Any, key: str) -> Any:
+    """State API rows are dataclasses; tests pass dicts. Read either."""
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def _subject(name: str | None, class_name: str | None, model_of: ModelOf | None) -> str:
+    name = name or ""
+    model = model_of(name) if model_of else None
+    return f"model {model}" if model else _serve_subject(name) or f"actor {name or class_name or '?'}"
+
+
+def infeasible_demands(
+    actors: Iterable[Any],
+    placement_groups: Iterable[Any],
+    nodes: Sequence[NodeCapacity],
+    model_of: ModelOf | None = None,
+) -> list[str]:
+    """Messages for pending actors and placement groups that no alive node could ever hold (pure, for tests).
+
+    Actors count when PENDING_CREATION with `required_resources` that fit no node's total; resources named
+    `*_group_*` belong to a placement group (judged through the group instead). Placement groups count when
+    Ray's own scheduler marked them INFEASIBLE.
+    """
+    messages: list[str] = []
+    for actor in actors:
+        if _field(actor, "state") != "PENDING_CREATION":
+            continue
+        required = _field(actor, "required_resources") or {}
+        needs = {k: float(v) for k, v in required.items() if "_group_" not in k}
+        if not needs or any(fits(needs, n.total) for n in nodes):
+            continue
+        subject = _subject(_field(actor, "name"), _field(actor, "class_name"), model_of)
+        messages.append(_infeasible_message(subject, needs, nodes))
+    for group in placement_groups:
+        stats = _field(group, "stats") or {}
+        if _field(group, "state") != "PENDING" or stats.get("scheduling_state") != "INFEASIBLE":
+            continue
+        bundles = [b.get("unit_resources", {}) for b in _field(group, "bundles") or []]
+        # Name the bundle that fits nowhere; if each fits alone, the group must be packed (STRICT_PACK): the
+        # sum.
+        needs = next((b for b in bundles if not any(fits(b, n.total) for n in nodes)), None)
+        if needs is None:
+            needs = {}
+            for bundle in bundles:
+                needs = {k: needs.get(k, 0.0) + bundle.get(k, 0.0) for k in {*needs, *bundle}}
+        subject = _subject(_field(group, "name"), None, model_of)
+        messages.append(_infeasible_message(subject, needs, nodes))
+    return list(dict.fromkeys(messages))  # one message per model even with several replicas pending
+
+
+def dashboard_url(gcs_address: str | None = None) -> str:
+    """The dashboard (state API server) URL of the cluster at `gcs_address` (default: the connected one).
+
+    Read from the GCS directly: Ray's own helper rewrites 127.0.0.1 to the machine's external address
+    (facts.md), and without an address the state API picks the *latest* cluster on the machine, maybe somebody
+    else's.
+    """
+    import ray
+    from ray._private import ray_constants
+    from ray._raylet import GcsClient
+
+    address = gcs_address or ray.get_runtime_context().gcs_address
+    try:
+        value = GcsClient(address=address).internal_kv_get(
+            ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, timeout=10
+        )
+    except Exception as exc:  # RpcError and friends: the caller needs the address, not Ray's type
+        raise ClusterConnectionError(
+            f"could not read the dashboard address from the Ray cluster at {address}: {exc}"
+        ) from exc
+    if not value:
+        raise ClusterConnectionError(
+            f"the Ray cluster at {address} runs no dashboard (needed for its state API)"
+        )
+    return f"http://{value.decode()}"
+
+
+def find_infeasible(model_of: ModelOf | None = None, address: str | None = None) -> list[str]:
+    """One look at the connected cluster: messages for everything pending that can never be placed."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    address = address or dashboard_url()
+    actors = list_actors(
+        address=address,
+        filters=[("state", "=", "PENDING_CREATION")],
+        detail=True,
+        raise_on_missing_output=False,
+    )
+    groups = list_placement_groups(
+        address=address, filters=[("state", "=", "PENDING")], detail=True, raise_on_missing_output=False
+    )
+    return infeasible_demands(actors, groups, live_nodes(), model_of)
+
+
+def watch_for_infeasible(
+    timeout_s: float = 10.0,
+    *,
+    poll_s: float = 0.5,
+    until: Callable[[], bool] | None = None,
+    model_of: ModelOf | None = None,
+) -> None:
+    """After a deploy: raise InfeasiblePlacementError as soon as something pending can never be placed.
+
+    Returns quietly after `timeout_s`, or earlier once `until()` is true (e.g. every application is RUNNING).
+    Ray detects infeasible placement groups at once and pending actors within seconds (facts.md), so 10 s is
+    enough; Serve itself would stay DEPLOYING forever.
+    """
+    deadline = time.monotonic() + timeout_s
+    address = dashboard_url()
+    while True:
+        messages = find_infeasible(model_of, address)
+        if messages:
+            raise InfeasiblePlacementError("; ".join(messages))
+        if (until is not None and until()) or time.monotonic() >= deadline:
+            return
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,393 @@
+"""Evaluation datasets from AISBench dataset configs, rendered into the exact chat messages `ais_bench` sends.
+
+    ds = load_dataset("aime2025_gen_0_shot_chat_prompt")     # or a path to a config .py
+    ds.messages[0]    # [{"role": "user", "content": "...\\nRemember to put your final answer within ..."}]
+    ds.references[0]  # "70"
+
+Rendering goes through AISBench's own code: its dataset class (`build_dataset_from_cfg`), its retriever and
+prompt template, the `APITemplateParser` of the `vllm_api_general_chat` model and that model's
+`get_request_body`, so the messages are the ones `ais_bench --models vllm_api_general_chat` would post.
+AISBench is imported lazily (it costs ~7-12 s), and `EvalDataset` holds plain data only (it is pickled to
+Ray actors): class and function references in configs become dotted-path strings, which AISBench's
+registries resolve again when scoring (the same form `ais_bench` itself dumps its task configs in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import difflib
+import fnmatch
+import importlib.util
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import ConfigError
+from cluster.paths import REPO_ROOT, evalcluster_home
+
+CACHE_ENV = "AIS_BENCH_DATASETS_CACHE"
+REPO_DATASET_CONFIGS = REPO_ROOT / "configs" / "datasets"
+GENERAL_CHAT_MODEL = "models/vllm_api/vllm_api_general_chat.py"
+# The `model` sent in the request body; a non-empty value also stops VLLMCustomAPIChat's constructor from
+# asking a server's /v1/models for one (it does that when `model` is empty).
+_RENDER_MODEL_NAME = "evalcluster-render"
+
+
+@dataclass(frozen=True)
+class DatasetConfigInfo:
+    """One dataset dict of a dataset config file, and where its data file is expected."""
+
+    name: str  # config name = file name without .py, as `ais_bench --datasets NAME` takes it
+    abbr: str  # the dataset's abbr (its name in reports)
+    config_path: Path
+    data_path: Path | None  # None when the config has no `path`
+    data_exists: bool
+    error: str | None = None  # set when the config file itself does not load (abbr is then "")
+
+
+@dataclass
+class EvalDataset:
+    """One dataset, rendered: row i is sent as `messages[i]` and scored against `references[i]`.
+
+    `eval_cfg` and `model_pred_postprocessor` are AISBench config dicts with dotted-path `type` strings;
+    `n`/`k` are the dataset-level repeat settings (AISBench defaults 1/[1]); `max_out_lens` holds per-row
+    output limits when the dataset has a `max_out_len` input column (they take priority in AISBench).
+    """
+
+    name: str
+    config_name: str
+    config_path: str
+    data_path: str | None
+    messages: list[list[dict[str, Any]]]
+    references: list[Any]
+    rows: list[dict[str, Any]]
+    output_column: str | None
+    eval_cfg: dict[str, Any]
+    model_pred_postprocessor: dict[str, Any] | None
+    n: int = 1
+    k: tuple[int, ...] = (1,)
+    max_out_lens: list[int | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+def default_data_dir() -> Path:
+    """`$AIS_BENCH_DATASETS_CACHE` if set (AISBench's own convention), else `<evalcluster home>/datasets`."""
+    return Path(os.environ.get(CACHE_ENV) or evalcluster_home() / "datasets")
+
+
+def shipped_configs_dir() -> Path:
+    """AISBench's `benchmark/configs` directory, found without importing ais_bench."""
+    spec = importlib.util.find_spec("ais_bench")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("ais_bench is not installed in this environment (pip install ais-bench-benchmark)")
+    return Path(next(iter(spec.submodule_search_locations))) / "benchmark" / "configs"
+
+
+def _config_files() -> list[tuple[str, Path]]:
+    """All dataset config files as (name, path): this repo's first, then AISBench's, like `--config-dir`."""
+    found: list[tuple[str, Path]] = []
+    for root in (REPO_DATASET_CONFIGS, shipped_configs_dir() / "datasets"):
+        if root.is_dir():
+            found += sorted((p.stem, p) for p in root.rglob("*.py") if p.name != "__init__.py")
+    return found
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """The config file for a dataset config name or path; unknown names get close matches suggested."""
+    text = str(name_or_path)
+    if text.endswith(".py") or os.sep in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{text}: dataset config file not found")
+        return path.resolve()
+    files = _config_files()
+    # AISBench matches names case-insensitively (utils/file/file.py:match_files), first match wins.
+    for name, path in files:
+        if name.lower() == text.lower():
+            return path
+    names = sorted({n for n, _ in files})
+    # Names that extend what was typed first (`aime2025` → aime2025_gen…), then difflib's nearest ones.
+    close = [n for n in names if n.lower().startswith(text.lower())][:5]
+    close += [n for n in difflib.get_close_matches(text, names, n=5, cutoff=0.5) if n not in close]
+    close = close[:5]
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"dataset = {text!r}: no such dataset config in {REPO_DATASET_CONFIGS} "
+        f"or AISBench's configs/datasets{hint}"
+    )
+
+
+def _dataset_dicts(config_path: Path) -> list[Any]:
+    """The dataset dicts a config defines: every top-level `*_datasets` list (as `ais_bench --datasets`)."""
+    from mmengine.config import Config
+
+    try:
+        cfg = Config.fromfile(str(config_path))
+    except Exception as exc:  # mmengine wraps syntax and import errors in many types
+        raise ConfigError(f"{config_path}: cannot load dataset config: {exc}") from None
+    dicts = [d for key in cfg.keys() if key.endswith("_datasets") for d in cfg[key]]
+    if not dicts:
+        raise ConfigError(f"{config_path}: defines no variable ending in '_datasets'")
+    return dicts
+
+
+def expected_data_path(path: str | None, data_dir: Path) -> Path | None:
+    """Where AISBench looks for `path` (datasets/utils/datasets.py:get_data_path): absolute as is, else under
+    the data dir."""
+    if not path:
+        return None
+    return Path(path) if os.path.isabs(path) else data_dir / path
+
+
+def find_dataset_configs(pattern: str, data_dir: str | Path | None = None) -> list[DatasetConfigInfo]:
+    """Dataset configs whose name matches `pattern` (a name or shell glob, case-insensitive), like
+    `ais_bench --search --datasets PATTERN`, with the data file each expects under `data_dir`.
+
+    One entry per dataset dict (a config may define many); helper modules that define no `*_datasets` are
+    skipped, and a config that fails to load is listed with its `error` (AISBench ships some, e.g. race_gen).
+    """
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    infos = []
+    for name, path in _config_files():
+        if not fnmatch.fnmatch(name.lower(), pattern.lower()):
+            continue
+        try:
+            dicts = _dataset_dicts(path)
+        except ConfigError as exc:
+            if "defines no variable" not in str(exc):
+                infos.append(DatasetConfigInfo(name, "", path, None, False, error=str(exc)))
+            continue
+        for dcfg in dicts:
+            data_path = expected_data_path(dcfg.get("path"), root)
+            infos.append(
+                DatasetConfigInfo(
+                    name=name,
+                    abbr=str(dcfg.get("abbr", name)),
+                    config_path=path,
+                    data_path=data_path,
+                    data_exists=data_path is not None and data_path.exists(),
+                )
+            )
+    return infos
+
+
+def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -> EvalDataset:
+    """Load and render the one dataset a config defines (see `load_datasets` for configs with several)."""
+    datasets = load_datasets(name_or_path, data_dir)
+    if len(datasets) != 1:
+        abbrs = ", ".join(d.name for d in datasets)
+        raise ConfigError(
+            f"{datasets[0].config_path}: defines {len(datasets)} datasets ({abbrs}); "
+            "use load_datasets() for all"
+        )
+    return datasets[0]
+
+
+def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None) -> list[EvalDataset]:
+    """Load every dataset dict of a config (name or path) and render its rows into chat messages.
+
+    Relative data paths resolve against `data_dir` (default: `default_data_dir()`), as AISBench does with
+    `$AIS_BENCH_DATASETS_CACHE`.
+    """
+    config_path = resolve_config(name_or_path)
+    root = Path(data_dir).resolve() if data_dir is not None else default_data_dir()
+    return [_build(dcfg, config_path, root) for dcfg in _dataset_dicts(config_path)]
+
+
+def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
+    from ais_bench.benchmark.utils.config import build_dataset_from_cfg
+
+    abbr = str(dcfg.get("abbr", config_path.stem))
+    where = f"{config_path}: dataset {abbr!r}"
+    infer_cfg = dcfg.get("infer_cfg") or {}
+    inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type"))
+    if not inferencer.endswith(".GenInferencer") and inferencer != "GenInferencer":
+        raise ConfigError(
+            f"{where}: infer_cfg.inferencer.type = {inferencer!r}: only GenInferencer is supported"
+        )
+    if dcfg.get("judge_infer_cfg") or (dcfg.get("eval_cfg") or {}).get("sc_size"):
+        # LLM-as-judge scoring needs a second model pass, self-consistency reshapes predictions into lists:
+        # neither fits "one request → one judged sample".
+        raise ConfigError(f"{where}: LLM-judge (judge_infer_cfg) and sc_size datasets are not supported")
+    n, k = _repeats(dcfg, where)
+    data_path = expected_data_path(dcfg.get("path"), data_dir)
+    if data_path is not None and not data_path.exists():
+        raise ConfigError(
+            f"{where}: data file not found: {data_path} (path = {dcfg.get('path')!r} resolved "
+            f"against the data dir {data_dir}; set data_dir or ${CACHE_ENV})"
+        )
+    build_cfg = copy.deepcopy(dcfg)
+    # Build each row once: with n > 1 AISBench's BaseDataset repeats every row n times; evalcluster does the
+    # repeats itself (sample keys carry the repeat number).
+    build_cfg.pop("n", None)
+    build_cfg.pop("k", None)
+    with _datasets_cache(data_dir):
+        try:
+            dataset = build_dataset_from_cfg(build_cfg)
+        except Exception as exc:
+            raise ConfigError(f"{where}: AISBench could not load {data_path or 'the data'}: {exc}") from None
+        reader = dataset.reader
+        test = dataset.test
+        _check_columns(test, [*reader.input_columns, reader.output_column], data_path, where)
+        messages = _render(dataset, infer_cfg)
+    rows = [dict(row) for row in test]
+    output_column = reader.output_column
+    max_out_lens = reader.get_max_out_len()
+    return EvalDataset(
+        name=abbr,
+        config_name=config_path.stem,
+        config_path=str(config_path),
+        data_path=str(data_path) if data_path else None,
+        messages=messages,
+        references=[row[output_column] for row in rows] if output_column else [None] * len(rows),
+        rows=rows,
+        output_column=output_column,
+        eval_cfg=_plain(dcfg.get("eval_cfg") or {}),
+        model_pred_postprocessor=_general_chat_model_cfg().get("pred_postprocessor"),
+        n=n,
+        k=k,
+        max_out_lens=list(max_out_lens) if max_out_lens is not None else None,
+    )
+
+
+def _repeats(dcfg: Any, where: str) -> tuple[int, tuple[int, ...]]:
+    """Dataset-level `n` (repeats) and `k` (int or list); OpenICLEvalTask._score defaults both to 1."""
+    n = dcfg.get("n", 1)
+    k = dcfg.get("k", 1)
+    ks = tuple(k) if isinstance(k, (list, tuple)) else (k,)
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{where}: n = {n!r}: must be an integer >= 1")
+    if not ks or not all(isinstance(x, int) and 1 <= x <= n for x in ks):
+        raise ConfigError(f"{where}: k = {k!r}: must be integers with 1 <= k <= n = {n}")
+    return n, ks
+
+
+@contextlib.contextmanager
+def _datasets_cache(data_dir: Path) -> Iterator[None]:
+    """Point AISBench's relative dataset paths at `data_dir` for the build, then restore the old value.
+
+    get_data_path reads the variable at call time, so setting it around the build is enough. Not thread-safe
+    (the environment is process-wide): load datasets from one thread at a time.
+    """
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(data_dir)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = old
+
+
+def _check_columns(test: Any, columns: list[str | None], data_path: Path | None, where: str) -> None:
+    """Every row must have the reader's input and answer columns, else name the file and row (1-based)."""
+    names = set(test.column_names)
+    for column in (c for c in columns if c):
+        missing = None
+        if column not in names:
+            missing = 0
+        else:
+            missing = next((i for i, v in enumerate(test[column]) if v is None), None)
+        if missing is None:
+            continue
+        # datasets.Dataset.from_list takes its columns from the FIRST row only: a key missing there drops the
+        # whole column, so for JSONL files find the real first offending line in the file itself.
+        line = _first_jsonl_line_without(data_path, column) if data_path else None
+        row = f"line {line}" if line else f"row {missing + 1}"
+        raise ConfigError(f"{where}: {data_path or 'data'} {row}: no {column!r} field (reader_cfg column)")
+
+
+def _first_jsonl_line_without(path: Path, column: str) -> int | None:
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or obj.get(column) is None:
+                    return number
+    return None
+
+
+def _render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
+    """The messages per test row, built the way GenInferencer.get_data_list + VLLMCustomAPIChat do."""
+    from ais_bench.benchmark.models.output import RequestOutput
+    from ais_bench.benchmark.registry import ICL_RETRIEVERS
+
+    # Same retriever wiring as OpenICLApiInferTask._get_data_list.
+    retriever_cfg = copy.deepcopy(infer_cfg["retriever"])
+    retriever_cfg["dataset"] = dataset
+    retriever_cfg["prompt_template"] = infer_cfg.get("prompt_template")
+    retriever_cfg["ice_template"] = infer_cfg.get("ice_template")
+    retriever = ICL_RETRIEVERS.build(retriever_cfg)
+    replace_token = infer_cfg["inferencer"].get("gen_field_replace_token", "") or ""
+    model = _render_model()
+    prompts = []
+    for idx, ice_idx in enumerate(retriever.retrieve()):
+        ice = retriever.generate_ice(ice_idx)
+        prompt = retriever.generate_prompt_for_generate_task(idx, ice, gen_field_replace_token=replace_token)
+        prompts.append(model.parse_template(prompt, mode="gen"))
+
+    async def bodies() -> list[dict[str, Any]]:
+        # get_request_body is where VLLMCustomAPIChat maps roles (HUMAN -> user, ...) and prompt -> content.
+        # It is async but never awaits I/O; max_out_len only has to be > 0 (it returns "" otherwise).
+        return [await model.get_request_body(p, 1, RequestOutput(False)) for p in prompts]
+
+    return [body["messages"] for body in _run_sync(bodies())]
+
+
+@lru_cache(maxsize=1)
+def _general_chat_model_cfg() -> dict[str, Any]:
+    """AISBench's shipped `vllm_api_general_chat` model config (plain), which evalcluster stands in for."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))
+    return _plain(cfg["models"][0])
+
+
+@lru_cache(maxsize=1)
+def _render_model() -> Any:
+    from ais_bench.benchmark.utils.config import build_model_from_cfg
+
+    cfg = copy.deepcopy(_general_chat_model_cfg())
+    cfg["model"] = _RENDER_MODEL_NAME
+    return build_model_from_cfg(cfg)
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion, also from inside a running event loop (e.g. an async actor)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _type_name(obj: Any) -> str:
+    """A class or function as AISBench writes it in dumped configs (utils/config/run.py:get_config_type)."""
+    if isinstance(obj, str) or obj is None:
+        return obj or ""
+    return f"{obj.__module__}.{obj.__name__}"
+
+
+def _plain(obj: Any) -> Any:
+    """Config data as plain dicts/lists/scalars; classes and functions become dotted-path strings."""
+    if isinstance(obj, dict):
+        return {str(key): _plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(value) for value in obj]
+    if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return _type_name(obj)
+    return obj

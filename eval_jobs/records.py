@@ -1,0 +1,60 @@
+"""The units of work and of results that flow through an evaluation: keys in, one record per finished sample out."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, Field
+
+
+class SampleKey(NamedTuple):
+    """One request to make: which model answers which dataset row, and which repeat of it (0..n-1)."""
+
+    model: str
+    dataset: str
+    index: int
+    repeat: int
+
+
+class SampleRequest(BaseModel):
+    """What a client actor needs to send one sample: the key, the endpoint, and the exact request body."""
+
+    key: SampleKey
+    endpoint: str = Field(description="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000")
+    body: dict[str, Any] = Field(description="The /v1/chat/completions body (messages, model, sampling params).")
+
+
+class SampleResult(BaseModel):
+    """One finished sample as written to the run's store. `status` is final for this attempt."""
+
+    model: str
+    dataset: str
+    index: int
+    repeat: int
+    status: Literal["ok", "failed"]
+    error: str | None = None
+    endpoint: str
+    prompt: list[dict[str, Any]] = Field(description="The chat messages sent.")
+    response: str = ""
+    reasoning_content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_s: float | None = Field(None, description="Seconds from sending to the first content token.")
+    latency_s: float | None = Field(None, description="Seconds from sending to the end of the response.")
+    attempts: int = Field(1, description="HTTP attempts made, retries included.")
+    started_at: float = Field(description="Unix time the first attempt was sent.")
+    finished_at: float | None = Field(
+        None, description="Unix time the last attempt ended (retries and backoff included); for throughput."
+    )
+
+    @property
+    def key(self) -> SampleKey:
+        return SampleKey(self.model, self.dataset, self.index, self.repeat)
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first (None when it can't be known)."""
+        if self.ttft_s is None or self.latency_s is None or not self.completion_tokens or self.completion_tokens < 2:
+            return None
+        return (self.latency_s - self.ttft_s) / (self.completion_tokens - 1)

@@ -1,0 +1,410 @@
+"""Reports of a run: per-sample Parquet, summary CSV / Markdown / self-contained HTML with plots, config and
+library versions.
+
+    samples = samples_frame(store.load())                    # + `correct`/`extracted` columns from scoring
+    table = write_report(run, samples, summarize(samples), config=cfg)
+    print_summary(table)
+
+All functions are plain synchronous pandas / file I/O: async callers run them with `asyncio.to_thread`.
+A run served by the simulated-latency engine (`simulated=True`) gets a loud banner and no score columns at
+all: simulator outputs never appear as a reported score.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.metadata
+import io
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from pydantic import BaseModel
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from eval_jobs.records import SampleResult
+from eval_jobs.store import RunDir
+
+GROUP = ["model", "dataset"]
+# Per-sample columns scoring adds; dropped from a simulated run's samples.parquet.
+SAMPLE_SCORE_COLUMNS = ["correct", "extracted"]
+PERF_COLUMNS = [
+    "requests", "failures", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s",
+    "output_tok_per_s", "req_per_s", "wall_s",
+]  # fmt: skip
+# What print_summary shows, under which short header, when present (the files carry every column).
+PRINTED_SCORES = {
+    "model": "model", "dataset": "dataset", "metric": "metric", "value": "score", "ci": "CI",
+    "n_questions": "n", "n_repeats": "rep", "failures": "fail",
+}  # fmt: skip
+PRINTED_PERF = {
+    "model": "model", "dataset": "dataset", "requests": "requests", "failures": "fail", "ttft_p50_s": "TTFT",
+    "tpot_p50_s": "TPOT", "output_tok_per_s": "tok/s", "req_per_s": "req/s",
+}  # fmt: skip
+PERF_CAPTION = "TTFT, TPOT: medians in seconds; tok/s: output tokens/s; req/s: answered requests/s."
+SIMULATED_BANNER = (
+    "SIMULATED ENGINE: this run was answered by the simulated-latency engine (an orchestration benchmark). "
+    "Its outputs are not model outputs, so no scores are reported; only the performance columns are real."
+)
+# Distribution names recorded in versions.json, by the key they are recorded under.
+VERSIONED_PACKAGES = {
+    "evalcluster": "evalcluster", "ray": "ray", "ais_bench": "ais-bench-benchmark", "pandas": "pandas",
+    "torch": "torch", "numpy": "numpy", "pyarrow": "pyarrow", "httpx": "httpx", "pydantic": "pydantic",
+}  # fmt: skip
+_SECRET_KEYS = {"api_key", "token", "auth_token", "password", "secret"}
+
+
+def samples_frame(results: Iterable[SampleResult]) -> pd.DataFrame:
+    """Store records as a frame: one row per record, every SampleResult field plus `tpot_s`."""
+    columns = [*SampleResult.model_fields, "tpot_s"]
+    df = pd.DataFrame([{**r.model_dump(), "tpot_s": r.tpot_s} for r in results], columns=columns)
+    # Explicit numeric dtypes: an all-None column (no usage reported, nothing answered yet) stays numeric.
+    # Text columns keep the installed pandas' default string dtype.
+    for col in ("index", "repeat", "attempts"):
+        df[col] = df[col].astype("int64")
+    for col in ("prompt_tokens", "completion_tokens"):
+        df[col] = df[col].astype("Int64")
+    for col in ("ttft_s", "latency_s", "tpot_s", "started_at", "finished_at"):
+        df[col] = df[col].astype("float64")
+    return df
+
+
+def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per model × dataset: requests, failures, TTFT / TPOT percentiles (s), output tokens/s, ok requests/s.
+
+    Throughputs divide by `wall_s`, the time during which at least one of the group's requests was in flight,
+    so the gap between a crashed run and its resume doesn't count.
+    """
+    rows = []
+    for (model, dataset), g in samples.groupby(GROUP, sort=True):
+        ok = g[g["status"] == "ok"]
+        ttft = ok["ttft_s"].astype("float64").dropna()
+        tpot = _tpot(ok).dropna()
+        end = g["finished_at"] if "finished_at" in g else pd.Series(np.nan, index=g.index)
+        wall = _busy_seconds(g["started_at"], end.fillna(g["started_at"] + g["latency_s"]))
+        tokens = float(ok["completion_tokens"].fillna(0).sum())
+        rows.append({
+            "model": model, "dataset": dataset,
+            "requests": len(g), "failures": int((g["status"] != "ok").sum()),
+            "ttft_p50_s": _q(ttft, 0.5), "ttft_p90_s": _q(ttft, 0.9), "ttft_p99_s": _q(ttft, 0.99),
+            "tpot_p50_s": _q(tpot, 0.5), "tpot_p90_s": _q(tpot, 0.9),
+            "output_tok_per_s": tokens / wall if wall > 0 else math.nan,
+            "req_per_s": len(ok) / wall if wall > 0 else math.nan,
+            "wall_s": wall,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=GROUP + PERF_COLUMNS)
+
+
+def summary_table(summary: pd.DataFrame | None, perf: pd.DataFrame, simulated: bool = False) -> pd.DataFrame:
+    """The reported table: one row per model × dataset × metric, the group's perf columns alongside.
+
+    Outer join: a model × dataset whose samples all failed still gets a row (no metric), so failures show.
+    Simulated: perf rows only, marked `simulated`, with every score column left out.
+    """
+    if simulated or summary is None or not set(GROUP) <= set(summary.columns):
+        table = perf.copy()
+        if simulated:
+            table.insert(len(GROUP), "simulated", True)
+        return table
+    # The scorer's failure count is the one reported; perf's would be the same number twice.
+    perf = perf.drop(columns=[c for c in perf.columns if c in summary.columns and c not in GROUP])
+    return summary.merge(perf, on=GROUP, how="outer", sort=False).reset_index(drop=True)
+
+
+def human_sections(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The summary table split for people: Scores (model × dataset × metric rows with a score) and
+    Performance (one row per model × dataset; the joined table repeats perf columns for every metric)."""
+    perf_only = [c for c in PERF_COLUMNS if c != "failures"]
+    sections = {}
+    if "value" in table and table["value"].notna().any():
+        score_cols = [c for c in table.columns if c not in perf_only]
+        sections["Scores"] = table.loc[table["value"].notna(), score_cols]
+    perf_cols = GROUP + [c for c in ["simulated", *PERF_COLUMNS] if c in table.columns]
+    sections["Performance"] = table.drop_duplicates(GROUP)[perf_cols].reset_index(drop=True)
+    return sections
+
+
+def write_report(
+    run_dir: RunDir,
+    samples: pd.DataFrame,
+    summary: pd.DataFrame | None,
+    *,
+    simulated: bool = False,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    engine_info: Mapping[str, Any] | None = None,
+    title: str = "evalcluster report",
+) -> pd.DataFrame:
+    """Write samples.parquet, summary.csv/.md/.html, plots/*.png, versions.json (and config.yaml if given).
+
+    `samples` is the per-sample frame (store records plus scoring's columns); `summary` the metric rows of
+    scoring's `summarize` (None or ignored when `simulated`). Returns the summary table that was written.
+    """
+    run_dir.create()
+    if simulated:
+        samples = samples.drop(columns=[c for c in SAMPLE_SCORE_COLUMNS if c in samples.columns])
+        samples = samples.assign(simulated=True)
+    table = summary_table(summary, perf_frame(samples), simulated)
+
+    _write_atomic(run_dir.samples_parquet, _parquet_bytes(samples))
+    _write_atomic(run_dir.summary_csv, table.to_csv(index=False).encode())
+
+    plots: dict[str, bytes] = {}
+    if not simulated and "value" in table and table["value"].notna().any():
+        plots["scores"] = _scores_png(table)
+    if "ttft_s" in samples and samples.loc[samples["status"] == "ok", "latency_s"].notna().any():
+        plots["latency"] = _latency_png(samples)
+    for name in ("scores", "latency"):
+        path = run_dir.plots_dir / f"{name}.png"
+        if name in plots:
+            _write_atomic(path, plots[name])
+        else:
+            path.unlink(missing_ok=True)  # a stale plot from an earlier report of this run must not linger
+
+    sections = human_sections(table)
+    md = [f"# {title}", ""] + ([f"> **{SIMULATED_BANNER}**", ""] if simulated else [])
+    for heading, frame in sections.items():
+        md += [f"## {heading}", "", markdown_table(frame), ""]
+    md += [f"![{name}](plots/{name}.png)" for name in plots]
+    _write_atomic(run_dir.summary_md, ("\n".join(md) + "\n").encode())
+    _write_atomic(run_dir.summary_html, _html_page(title, sections, plots, simulated).encode())
+
+    if config is not None:
+        write_config(run_dir, config)
+    write_versions(run_dir, engine_info)
+    return table
+
+
+def write_config(run_dir: RunDir, config: Mapping[str, Any] | BaseModel) -> Path:
+    """Record the run's config as YAML, secrets (api keys, tokens, passwords) redacted."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+    data = json.loads(json.dumps(data, default=str))  # Paths, enums etc. → plain YAML scalars
+    _write_atomic(run_dir.config_yaml, yaml.safe_dump(_redact(data), sort_keys=False).encode())
+    return run_dir.config_yaml
+
+
+def library_versions(engine_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Python, platform and the versions of the libraries a score depends on (None: not installed here).
+
+    The engine (vLLM / vllm-mindspore) lives in its own environment: pass what it reports as `engine_info`.
+    """
+    versions: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for key, dist in VERSIONED_PACKAGES.items():
+        try:
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[key] = None
+    versions["engine"] = dict(engine_info) if engine_info else None
+    versions["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return versions
+
+
+def write_versions(run_dir: RunDir, engine_info: Mapping[str, Any] | None = None) -> Path:
+    """Write `library_versions(engine_info)` to versions.json."""
+    text = json.dumps(library_versions(engine_info), indent=2, default=str) + "\n"
+    _write_atomic(run_dir.versions_json, text.encode())
+    return run_dir.versions_json
+
+
+def print_summary(table: pd.DataFrame, *, simulated: bool = False, console: Console | None = None) -> None:
+    """Print the summary with rich: scores, then performance (see `human_sections`); a simulated run gets its
+    banner first (and has no scores to print)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file (e.g. a Ray job's): no reason to squeeze into 80 columns
+            console.width = max(console.width, 160)
+    if simulated or "simulated" in table:
+        console.print(Panel(SIMULATED_BANNER, style="bold red"))
+    sections = human_sections(table)
+    if "Scores" in sections:
+        scores = sections["Scores"].copy()
+        if {"ci_low", "ci_high"} <= set(scores.columns):
+            scores["ci"] = [
+                "" if pd.isna(lo) or pd.isna(hi) else f"{format_cell(lo)}–{format_cell(hi)}"
+                for lo, hi in zip(scores["ci_low"], scores["ci_high"])
+            ]
+        console.print(_rich_table("Scores", scores, PRINTED_SCORES))
+    console.print(_rich_table("Performance", sections["Performance"], PRINTED_PERF, caption=PERF_CAPTION))
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no tabulate dependency); numbers right-aligned."""
+    cols = [str(c) for c in df.columns]
+    align = ["---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join(align) + " |"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(format_cell(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def format_cell(value: Any) -> str:
+    """One cell as text: 4 significant digits for floats, empty for missing values."""
+    if value is None or value is pd.NA:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return ""
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def _rich_table(title: str, df: pd.DataFrame, headers: Mapping[str, str], caption: str = "") -> Table:
+    """A rich table of `df`'s columns named in `headers` (under those headers), cells as `format_cell`."""
+    shown = [c for c in headers if c in df.columns]
+    out = Table(title=title, caption=caption, title_justify="left")
+    for col in shown:
+        numeric = pd.api.types.is_numeric_dtype(df[col])
+        # Numbers never wrap (a folded number misreads); names fold when the terminal is narrow.
+        out.add_column(headers[col], justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
+    for row in df[shown].itertuples(index=False):
+        out.add_row(*(format_cell(v) for v in row))
+    return out
+
+
+def _tpot(ok: pd.DataFrame) -> pd.Series:
+    """Seconds per output token after the first (as SampleResult.tpot_s), from the frame's columns."""
+    tokens = ok["completion_tokens"].astype("float64")
+    tpot = (ok["latency_s"].astype("float64") - ok["ttft_s"].astype("float64")) / (tokens - 1)
+    return tpot.where(tokens >= 2)
+
+
+def _q(values: pd.Series, q: float) -> float:
+    return float(values.quantile(q)) if len(values) else math.nan
+
+
+def _busy_seconds(starts: pd.Series, ends: pd.Series) -> float:
+    """Length of the union of the [start, end] intervals (NaNs dropped)."""
+    spans = sorted((s, e) for s, e in zip(starts, ends) if not (pd.isna(s) or pd.isna(e)))
+    total, reach = 0.0, -math.inf  # reach: the latest end seen so far; spans come sorted by start
+    for s, e in spans:
+        total += max(0.0, e - max(s, reach))  # only the part not already covered counts
+        reach = max(reach, e)
+    return float(total)
+
+
+def _parquet_bytes(samples: pd.DataFrame) -> bytes:
+    """Parquet of the frame; object columns holding lists/dicts (the prompt's messages) become JSON text,
+    because chat messages are heterogeneous structs that Arrow can't always type."""
+    df = samples.copy()
+    for col in df.columns[df.dtypes == object]:
+        if df[col].map(lambda v: isinstance(v, (list, dict))).any():
+            df[col] = df[col].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v))
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, then rename: readers never see half a report file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _redact(data: Any) -> Any:
+    if isinstance(data, dict):
+        secret = {k for k in data if str(k).lower() in _SECRET_KEYS or str(k).lower().endswith("api_key")}
+        return {k: "***" if k in secret and v else _redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_redact(v) for v in data]
+    return data
+
+
+def _scores_png(table: pd.DataFrame) -> bytes:
+    """One horizontal bar per model · dataset · metric, with its confidence interval as error bars."""
+    rows = table[table["value"].notna()]
+    labels = [" · ".join(map(str, r)) for r in rows[["model", "dataset", "metric"]].itertuples(index=False)]
+    value = rows["value"].astype("float64").to_numpy()
+    low = rows["ci_low"].astype("float64").to_numpy() if "ci_low" in rows else value
+    high = rows["ci_high"].astype("float64").to_numpy() if "ci_high" in rows else value
+    err = np.nan_to_num(np.clip(np.vstack([value - low, high - value]), 0, None))
+    # Figure without pyplot: no global backend state, safe in worker threads; the PNG is rendered by Agg.
+    fig = Figure(figsize=(8, min(40, 1 + 0.35 * len(rows))))
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    ax.barh(y, value, xerr=err, capsize=3, color="#8FB3E0", ecolor="#222222")
+    for yi, v, hi in zip(y, value, high):
+        # Label right of the error bar, where it can't be hidden by it.
+        x = v if np.isnan(hi) else max(v, hi)
+        ax.annotate(f"{v:.3g}", (x, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(1.0, float(np.nanmax(np.append(high, value))) * 1.05))
+    ax.set_xlabel("score (error bars: confidence interval)")
+    ax.set_title("Scores")
+    return _png_bytes(fig)
+
+
+def _latency_png(samples: pd.DataFrame) -> bytes:
+    """TTFT and end-to-end latency histograms of the ok samples, one outline per model · dataset."""
+    ok = samples[samples["status"] == "ok"]
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    panels = ((axes[0], "ttft_s", "time to first token (s)"), (axes[1], "latency_s", "latency (s)"))
+    for ax, col, name in panels:
+        values = ok[col].astype("float64").dropna()
+        if values.empty:
+            ax.set_visible(False)
+            continue
+        bins = np.histogram_bin_edges(values, bins=30)
+        groups = list(ok.groupby(GROUP, sort=True))
+        for (model, dataset), g in groups:
+            group_values = g[col].astype("float64").dropna()
+            ax.hist(group_values, bins=bins, histtype="step", label=f"{model} · {dataset}")
+        ax.set_xlabel(name)
+        ax.set_ylabel("samples")
+        if len(groups) <= 12:
+            ax.legend(fontsize=7)
+    fig.suptitle("Latency distributions")
+    return _png_bytes(fig)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; }
+td:first-child, td:nth-child(2) { text-align: left; }
+.simulated { background: #b00020; color: white; font-weight: bold; font-size: 18px; padding: 1em; }
+img { max-width: 100%; }
+"""
+
+
+def _html_page(
+    title: str, sections: Mapping[str, pd.DataFrame], plots: Mapping[str, bytes], simulated: bool
+) -> str:
+    """One self-contained page: inline CSS, the tables, plots as base64 PNGs."""
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+    ]
+    if simulated:
+        parts.append(f"<div class='simulated'>{html.escape(SIMULATED_BANNER)}</div>")
+    parts.append(f"<h1>{html.escape(title)}</h1>")
+    parts.append(f"<p>Written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
+    for heading, frame in sections.items():
+        parts.append(f"<h2>{heading}</h2>")
+        parts.append(frame.to_html(index=False, border=0, na_rep="", float_format=format_cell))
+    for name, png in plots.items():
+        data = base64.b64encode(png).decode()
+        parts.append(f"<h2>{name.capitalize()}</h2><img alt='{name}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

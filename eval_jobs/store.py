@@ -1,0 +1,176 @@
+"""The run directory and its durable per-sample store.
+
+    run = RunDir(Path("runs/demo")).create()
+    store = SampleStore(run.samples_jsonl)
+    done = store.finished_keys()            # resume: skip these keys
+    await store.append_async(results)        # durable (fsynced) before it returns
+    latest = store.load()                    # one record per key, the latest wins
+
+`samples.jsonl` is append-only: one `SampleResult` JSON object per line. A crash mid-write leaves at most a
+torn last line, which `load()` skips with a warning; a failed sample retried by a later resume appends a newer
+record for the same key, which supersedes the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from io import FileIO
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from eval_jobs.records import SampleKey, SampleResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Names the files inside one run directory; the only place those names are spelled."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def create(self) -> RunDir:
+        """Make the directory (and `plots/`) if missing; returns self for chaining."""
+        self.plots_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def samples_jsonl(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    @property
+    def samples_parquet(self) -> Path:
+        return self.root / "samples.parquet"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.root / "summary.csv"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def summary_html(self) -> Path:
+        return self.root / "summary.html"
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def versions_json(self) -> Path:
+        return self.root / "versions.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+
+class SampleStore:
+    """Append-only JSON Lines store of `SampleResult`s; safe for one writer process (any threads or tasks)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        # One lock serialises appends from threads (and from asyncio.to_thread): a record's bytes must never
+        # interleave with another's, or both lines become unreadable.
+        self._lock = threading.Lock()
+        self._tail_checked = False
+
+    def append(self, results: Iterable[SampleResult]) -> int:
+        """Write whole lines, flush and fsync before returning: a sample counts only once it is durable.
+
+        Returns the number of records written.
+        """
+        # Serialise first, so a record that fails to serialise cannot leave half a batch on disk.
+        data = b"".join(r.model_dump_json().encode() + b"\n" for r in results)
+        if not data:
+            return 0
+        with self._lock:
+            created = not self.path.exists()
+            if created:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Unbuffered binary append: every write lands at the end (O_APPEND); "+" lets the tail check read.
+            with open(self.path, "ab+", buffering=0) as f:
+                if not self._tail_checked:
+                    self._terminate_torn_tail(f)
+                    self._tail_checked = True
+                view = memoryview(data)
+                while view:  # a raw write may be partial
+                    view = view[f.write(view) :]
+                os.fsync(f.fileno())
+            if created:
+                _fsync_dir(self.path.parent)  # make the new file's directory entry durable too
+        return data.count(b"\n")
+
+    async def append_async(self, results: Iterable[SampleResult]) -> int:
+        """`append` in a worker thread, so the fsync never blocks the event loop."""
+        batch = list(results)  # materialise on the loop: generators may not be thread-safe
+        return await asyncio.to_thread(self.append, batch)
+
+    def iter_records(self) -> Iterator[SampleResult]:
+        """Every readable record in file order, history included; corrupt or torn lines skipped (warning)."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    yield SampleResult.model_validate_json(line)
+                except ValidationError as exc:
+                    # Invalid JSON (a torn write) and valid JSON that isn't a record both land here. Resume
+                    # must never fail on one bad line: the sample is simply not finished and is sent again.
+                    torn = "" if raw.endswith(b"\n") else " (torn last line: crash mid-write?)"
+                    logger.warning(
+                        "%s:%d: skipping unreadable record%s: %s", self.path, lineno, torn, _first_error(exc)
+                    )
+
+    def load(self) -> list[SampleResult]:
+        """One record per key, the latest in the file winning, ordered by each key's first appearance."""
+        latest: dict[SampleKey, SampleResult] = {}
+        for record in self.iter_records():
+            latest[record.key] = record
+        return list(latest.values())
+
+    def finished_keys(self) -> set[SampleKey]:
+        """Keys whose latest record is ok. Failed keys are left out, so the next resume tries them again."""
+        return {r.key for r in self.load() if r.status == "ok"}
+
+    @staticmethod
+    def _terminate_torn_tail(f: FileIO) -> None:
+        """End a torn last line with a newline, so the next record starts on a line of its own.
+
+        Without this, the first record appended after a crash would be glued onto the torn fragment and be
+        lost too. The fragment stays in the file as one unreadable line, which readers skip.
+        """
+        fileno = f.fileno()
+        size = os.fstat(fileno).st_size
+        if size == 0:
+            return
+        if os.pread(fileno, 1, size - 1) != b"\n":
+            f.write(b"\n")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]

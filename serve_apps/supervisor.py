@@ -1,0 +1,81 @@
+"""The engine supervisor: a Ray Serve replica that holds one engine's devices and runs the engine as its child."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from ray import serve
+
+from serve_apps.config import EngineConfig, ModelConfig
+from serve_apps.engine_process import launch_engine
+from serve_apps.errors import EngineUnavailableError
+
+log = logging.getLogger("ray.serve")
+
+
+def replica_resources(model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
+    """Ray actor options for one replica: every device of its engine, on one node (an actor never spans nodes)."""
+    tp = model.tensor_parallel_size
+    options: dict[str, Any] = {"num_cpus": engine.cpus_per_replica}
+    if engine.platform == "ascend":
+        # Ray sets ASCEND_RT_VISIBLE_DEVICES for the replica; the engine child inherits it.
+        options["resources"] = {"NPU": tp}
+    elif engine.platform == "cuda":
+        options["num_gpus"] = tp
+    return options
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=1024, graceful_shutdown_timeout_s=20)
+class EngineSupervisor:
+    """Starts the engine in its constructor, forwards request bodies to it, and streams its answers back unchanged."""
+
+    def __init__(self, model: ModelConfig, engine: EngineConfig):
+        self._model = model
+        self._engine_cfg = engine
+        self._engine = launch_engine(model, engine, cpus=engine.cpus_per_replica)
+        # No pool limit: the engine does its own queueing, and the replica's max_ongoing_requests bounds us already.
+        self._client = httpx.AsyncClient(
+            base_url=self._engine.base_url,
+            timeout=httpx.Timeout(engine.request_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        log.info("engine for %s ready at %s (pid %s)", model.name, self._engine.base_url, self._engine.proc.pid)
+
+    async def forward(self, method: str, path: str, body: bytes | None = None) -> AsyncIterator[dict | bytes]:
+        """Yield {'status', 'content_type'} first, then the engine's response bytes as they arrive."""
+        request = self._client.build_request(
+            method, path, content=body, headers={"content-type": "application/json"} if body else None
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise EngineUnavailableError(
+                f"engine for {self._model.name!r} is unreachable ({type(exc).__name__}); it is being restarted"
+            ) from None
+        try:
+            yield {"status": response.status_code, "content_type": response.headers.get("content-type", "")}
+            async for chunk in response.aiter_raw():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def check_health(self) -> None:
+        """Serve's health check: a dead or unresponsive engine fails it, and Serve replaces this replica."""
+        if not self._engine.alive():
+            raise RuntimeError(f"engine process for {self._model.name!r} exited:\n{self._engine.log_tail(10)}")
+        response = await self._client.get("/health", timeout=self._engine_cfg.health_timeout_s)
+        if response.status_code != 200:
+            raise RuntimeError(f"engine for {self._model.name!r} answered /health with {response.status_code}")
+
+    def engine_info(self) -> dict[str, Any]:
+        """Where the engine listens and its pid, for operators and tests that talk to it directly."""
+        return {"url": self._engine.base_url, "pid": self._engine.proc.pid, "argv": self._engine.argv}
+
+    def __del__(self) -> None:
+        # Serve calls __del__ on graceful replica shutdown; a crash is covered by the child's parent-death signal.
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.stop()

@@ -1,0 +1,287 @@
+"""Simulated Ray clusters on loopback (CPU head + 2 workers × 4 NPU).
+
+Capacities, NPU visibility, the watchdog, the `cluster up --simulate` / `cluster down` lifecycle with a
+`ray job submit` on it, and the pure parts of cluster.nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from cluster import nodes as nodes_mod  # noqa: E402
+from cluster.errors import ConfigError, InfeasiblePlacementError  # noqa: E402
+from cluster.nodes import (  # noqa: E402
+    NodeStatus,
+    cluster_down,
+    cluster_status,
+    format_status,
+    is_ray_start_running,
+    load_state,
+    node_statuses,
+    ray_start_command,
+)
+from cluster.planner import live_nodes, watch_for_infeasible  # noqa: E402
+from cluster.simulate import (  # noqa: E402
+    SimulatedCluster,
+    free_port,
+    parse_simulate_spec,
+    simulate_up,
+    simulated_cluster,
+)
+
+# -- pure parts ----------------------------------------------------------------------------------------------
+
+
+def test_parse_simulate_spec() -> None:
+    assert parse_simulate_spec("2:8") == (2, 8)
+    for bad in ("2", "x:8", "0:4", "2:-1"):
+        with pytest.raises(ConfigError, match="NODES:NPUS"):
+            parse_simulate_spec(bad)
+
+
+def test_ray_start_command_declares_npus_and_blocks() -> None:
+    cmd = ray_start_command(
+        head=False, address="10.0.0.1:6379", node_ip="10.0.0.2", num_cpus=8, resources={"NPU": 8.0}
+    )
+    assert cmd[:4] == [sys.executable, "-m", "ray.scripts.scripts", "start"]
+    assert "--block" in cmd and cmd[cmd.index("--address") + 1] == "10.0.0.1:6379"
+    assert json.loads(cmd[cmd.index("--resources") + 1]) == {"NPU": 8.0}
+    with pytest.raises(ConfigError):
+        ray_start_command(head=False)
+
+
+def test_npus_auto_counts_davinci_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nodes_mod.shutil, "which", lambda name: None)
+    devices = ["/dev/davinci0", "/dev/davinci1", "/dev/davinci_manager"]
+    monkeypatch.setattr(nodes_mod.glob, "glob", lambda pattern: devices)
+    assert nodes_mod.count_npus() == 2
+    assert nodes_mod.node_resources("auto", "Ascend910B") == {"NPU": 2.0, "accelerator_type:Ascend910B": 1.0}
+    monkeypatch.setattr(nodes_mod.glob, "glob", lambda pattern: [])
+    with pytest.raises(ConfigError, match="found no NPU"):
+        nodes_mod.node_resources("auto", None)
+
+
+def test_status_maps_engine_supervisors_to_nodes() -> None:
+    ray_nodes = [
+        {
+            "NodeID": "h",
+            "Alive": True,
+            "NodeManagerAddress": "127.0.0.2",
+            "Resources": {"CPU": 1.0, "node:__internal_head__": 1.0},
+        },
+        {
+            "NodeID": "w",
+            "Alive": True,
+            "NodeManagerAddress": "127.0.0.3",
+            "Resources": {"CPU": 2.0, "NPU": 4.0},
+        },
+    ]
+    actors = [
+        {
+            "class_name": "ServeReplica:engine:step_400:EngineSupervisor",
+            "name": "",
+            "state": "ALIVE",
+            "node_id": "w",
+        },
+        {
+            "class_name": "ServeReplica:engine:step_400:EngineSupervisor",
+            "name": "",
+            "state": "ALIVE",
+            "node_id": "w",
+        },
+        {
+            "class_name": "ServeReplica:evalcluster:OpenAIIngress",
+            "name": "",
+            "state": "ALIVE",
+            "node_id": "h",
+        },
+    ]
+    statuses = node_statuses(ray_nodes, {"h": {"CPU": 1.0}, "w": {"CPU": 0.0}}, actors)
+    assert [s.models for s in statuses] == [{}, {"step_400": 2}]
+    table = format_status(statuses)
+    assert "step_400 x2" in table and "0/4" in table and "total (2 nodes)" in table
+    assert isinstance(statuses[1], NodeStatus) and statuses[1].available["NPU"] == 0
+
+
+# -- `cluster up --simulate` as separate `ray start` processes -----------------------------------------------
+
+
+def test_simulate_up_job_submit_and_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVALCLUSTER_HOME", str(tmp_path / "home"))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "job.py").write_text(
+        "import os, ray\n"
+        "ray.init()\n"
+        "@ray.remote(resources={'NPU': 4}, num_cpus=0)\n"
+        "def where():\n"
+        "    return ray.util.get_node_ip_address(), os.environ['ASCEND_RT_VISIBLE_DEVICES']\n"
+        "print('RESULT', sorted(ray.get([where.remote() for _ in range(2)])))\n"
+    )
+    state = simulate_up("2:4", cpus_per_node=1, head_cpus=1)
+    try:
+        assert [n.node_ip for n in state.nodes] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        assert load_state() == state
+        statuses = cluster_status()  # reads the recorded cluster's GCS, no driver
+        assert sorted(s.address for s in statuses) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        assert sum(s.total.get("NPU", 0) for s in statuses) == 8
+        env = dict(os.environ, **state.client_env())
+        ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "job"]
+        job_id = f"sim-test-{os.getpid()}"
+        job = subprocess.run(
+            [
+                *ray_cli,
+                "submit",
+                "--address",
+                state.dashboard_url,
+                "--submission-id",
+                job_id,
+                "--working-dir",
+                str(job_dir),
+                "--",
+                sys.executable,
+                "job.py",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        # The tail `submit` prints can miss lines; the stored job log is complete.
+        logs = subprocess.run(
+            [*ray_cli, "logs", "--address", state.dashboard_url, job_id],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        # Two tp-4 tasks: one per 4-NPU worker, each seeing all four of that node's NPUs.
+        assert "RESULT [('127.0.0.3', '0,1,2,3'), ('127.0.0.4', '0,1,2,3')]" in logs, logs[-2000:]
+    finally:
+        stopped = cluster_down()
+    assert sorted(stopped) == sorted(n.pid for n in state.nodes)
+    assert not any(is_ray_start_running(n.pid) for n in state.nodes)
+    assert load_state() is None
+
+
+# -- an in-process simulated cluster (one per module) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatedCluster]:
+    with simulated_cluster(nodes=2, npus_per_node=4, cpus_per_node=2, head_cpus=1) as cluster:
+        yield cluster
+
+
+@ray.remote(num_cpus=0)
+class NpuProbe:
+    """Stands in for an engine supervisor: holds NPUs and reports what it (and a child process) sees."""
+
+    def where(self) -> tuple[str, str | None]:
+        return ray.util.get_node_ip_address(), os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
+
+    def child_sees(self) -> dict[str, str | None]:
+        """Start the sim engine as a child, like the supervisor does, and read its /sim/stats."""
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serve_apps.sim_engine",
+                "--port",
+                str(port),
+                "--served-model-name",
+                "probe",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/stats", timeout=2) as response:
+                        return json.load(response)["visible_devices"]
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_node_capacities_read_back(sim: SimulatedCluster) -> None:
+    nodes = live_nodes()
+    workers = sorted((n for n in nodes if not n.is_head), key=lambda n: n.address)
+    head = [n for n in nodes if n.is_head]
+    assert [n.address for n in workers] == ["127.0.0.3", "127.0.0.4"]
+    assert all(n.total["NPU"] == 4 and n.total["CPU"] == 2 for n in workers)
+    assert len(head) == 1 and head[0].address == "127.0.0.2" and "NPU" not in head[0].total
+    status = cluster_status()
+    assert sum(s.total.get("NPU", 0) for s in status) == 8
+    assert "127.0.0.3" in format_status(status)
+
+
+def test_npu_actor_sees_exactly_its_devices_and_so_does_its_child(sim: SimulatedCluster) -> None:
+    probe = NpuProbe.options(resources={"NPU": 2}).remote()  # type: ignore[attr-defined]
+    try:
+        ip, visible = ray.get(probe.where.remote(), timeout=120)
+        assert ip in sim.worker_ips
+        assert visible is not None and len(visible.split(",")) == 2
+        child = ray.get(probe.child_sees.remote(), timeout=120)
+        assert child["ASCEND_RT_VISIBLE_DEVICES"] == visible
+    finally:
+        ray.kill(probe)
+
+
+def test_tp4_replicas_land_on_different_nodes_and_tp2_times_4_fill_both(sim: SimulatedCluster) -> None:
+    big = [NpuProbe.options(resources={"NPU": 4}).remote() for _ in range(2)]  # type: ignore[attr-defined]
+    try:
+        placed = ray.get([p.where.remote() for p in big], timeout=120)
+        assert sorted(ip for ip, _ in placed) == ["127.0.0.3", "127.0.0.4"]
+        assert all(sorted(devices.split(",")) == ["0", "1", "2", "3"] for _, devices in placed)
+    finally:
+        for p in big:
+            ray.kill(p)
+    small = [NpuProbe.options(resources={"NPU": 2}).remote() for _ in range(4)]  # type: ignore[attr-defined]
+    try:
+        placed = ray.get([p.where.remote() for p in small], timeout=120)
+        per_node = sorted(ip for ip, _ in placed)
+        assert per_node == ["127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4"]
+    finally:
+        for p in small:
+            ray.kill(p)
+
+
+def test_watchdog_fails_an_unplaceable_actor_within_10_s(sim: SimulatedCluster) -> None:
+    too_big = NpuProbe.options(resources={"NPU": 8}, name="too_big").remote()  # type: ignore[attr-defined]
+    try:
+        start = time.monotonic()
+        with pytest.raises(InfeasiblePlacementError) as info:
+            watch_for_infeasible(timeout_s=10)
+        assert time.monotonic() - start < 10
+        assert str(info.value) == "actor too_big needs 8 NPU on one node; largest node has 4"
+    finally:
+        ray.kill(too_big)
+
+
+def test_watchdog_is_quiet_when_everything_fits(sim: SimulatedCluster) -> None:
+    probe = NpuProbe.options(resources={"NPU": 1}).remote()  # type: ignore[attr-defined]
+    try:
+        ray.get(probe.where.remote(), timeout=120)
+        watch_for_infeasible(timeout_s=5, until=lambda: True)  # returns at once: nothing pending
+    finally:
+        ray.kill(probe)
