@@ -52,6 +52,14 @@ def describe_validation_error(exc: ValidationError, *, source: str, section: str
     return "\n".join(problems)
 
 
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` on top of `base`, nested mappings merged key by key (lists and values replaced)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_section(path: str | Path, section: str, model: type[M]) -> M:
     """Load one top-level section of a YAML file (missing section → the model's defaults)."""
     data = load_yaml(path)

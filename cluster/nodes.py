@@ -21,7 +21,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cluster.connection import ensure_auth_token
 from cluster.errors import ClusterConnectionError, ConfigError
 from cluster.paths import evalcluster_home
 from cluster.planner import (
@@ -312,13 +312,7 @@ def ensure_token(token_path: str | Path | None = None) -> str:
                 f"token file {path} is missing or empty (copy the head's token file to this machine)"
             )
         return str(path.resolve())
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or evalcluster_home() / "ray" / "auth_token")
-    if not path.exists() or not path.read_text().strip():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return str(path.resolve())
+    return str(ensure_auth_token().resolve())
 
 
 def cluster_up(

@@ -51,6 +51,7 @@ class EngineConfig(StrictModel):
     )
     sim_ttft_s: float = Field(0.05, ge=0, description="sim engine only: time to first token.")
     sim_tpot_s: float = Field(0.01, ge=0, description="sim engine only: time per output token after the first.")
+    sim_output_tokens: int | None = Field(None, ge=1, description="sim engine only: cap on output tokens.")
 
     def resolved_python(self) -> str:
         if self.python:
@@ -64,7 +65,10 @@ class EngineConfig(StrictModel):
 class ModelConfig(StrictModel):
     """One served checkpoint: the seed's `api_server` flags."""
 
-    model: str = Field(description="Checkpoint directory (HF layout: config.json, tokenizer, safetensors).")
+    model: str = Field(
+        description="Checkpoint directory (HF layout: config.json, tokenizer, safetensors), or the name of a model "
+        "evalcluster ships (smollm2-135m-instruct, tiny-qwen2; see `evalcluster models`)."
+    )
     served_model_name: str | None = Field(
         None, description="Name clients put in `model`; default: the checkpoint directory's name."
     )
@@ -82,6 +86,17 @@ class ModelConfig(StrictModel):
     @property
     def name(self) -> str:
         return self.served_model_name or Path(self.model).name
+
+    @field_validator("model")
+    @classmethod
+    def _shipped_model_name(cls, value: str) -> str:
+        from serve_apps import models
+
+        # A bare shipped name resolves to its prepared directory under the data dir, so configs stay portable
+        # (`ray job submit` uploads the repo without the git-ignored data dir).
+        if value in models.MODEL_NAMES and not Path(value).exists():
+            return str(models.model_path(value))
+        return value
 
     @field_validator("served_model_name")
     @classmethod

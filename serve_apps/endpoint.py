@@ -10,7 +10,8 @@ import httpx
 from ray import serve
 
 from serve_apps.builder import build_engine_app, build_ingress_app
-from serve_apps.config import ModelConfig, ServeConfig
+from cluster.planner import check_feasible, live_nodes, replica_needs
+from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.engine_process import free_port
 from serve_apps.errors import EngineStartupError, ModelNotFoundError
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
@@ -48,13 +49,24 @@ class Endpoint:
         self.add_models(self.cfg.models)
         return self
 
-    def add_models(self, models: Iterable[ModelConfig], *, wait: bool = True) -> None:
-        """Deploy checkpoints (each its own Serve application) and, with `wait`, block until every one answers."""
+    def add_models(
+        self, models: Iterable[ModelConfig], *, engine: EngineConfig | None = None, wait: bool = True
+    ) -> None:
+        """Deploy checkpoints (each its own Serve application) and, with `wait`, block until every one answers.
+
+        Fails fast, before anything is deployed, when no node of the cluster could ever hold a replica (Serve
+        itself would wait forever). `engine` overrides the endpoint's engine settings for these checkpoints.
+        """
         models = list(models)
         if not models:
             return
+        engine = engine or self.cfg.engine
+        nodes = live_nodes()
+        for m in models:
+            needs = replica_needs(engine.platform, m.tensor_parallel_size, engine.cpus_per_replica)
+            check_feasible(m.name, needs, m.num_replicas, nodes)
         targets = [
-            serve.RunTarget(build_engine_app(m, self.cfg.engine), name=engine_app_name(m.name), route_prefix=None)
+            serve.RunTarget(build_engine_app(m, engine), name=engine_app_name(m.name), route_prefix=None)
             for m in models
         ]
         serve.run_many(targets, wait_for_applications_running=False)

@@ -62,6 +62,8 @@ def engine_command(model: ModelConfig, engine: EngineConfig, port: int) -> list[
                 "--ttft-s", str(engine.sim_ttft_s), "--tpot-s", str(engine.sim_tpot_s)]
         if model.max_model_len:
             argv += ["--max-model-len", str(model.max_model_len)]
+        if engine.sim_output_tokens:
+            argv += ["--output-tokens", str(engine.sim_output_tokens)]
         return argv + ["--host", ENGINE_HOST, "--port", str(port)]
 
     if engine.platform == "ascend":

@@ -37,6 +37,8 @@ DEFAULT_MAX_TOKENS = 16
 # Env vars through which Ray hands a replica its devices; the child reports them so tests can check
 # visibility.
 DEVICE_ENV_VARS = ("ASCEND_RT_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+# Engine settings the supervisor passes through the environment, reported for the same reason.
+ENGINE_ENV_VARS = ("VLLM_MS_MODEL_BACKEND", "OMP_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class SimEngine:
                 "rejected": self.rejected,
                 "in_flight": self.in_flight,
                 "visible_devices": {name: os.environ.get(name) for name in DEVICE_ENV_VARS},
+                "engine_env": {name: os.environ.get(name) for name in ENGINE_ENV_VARS},
                 "pid": os.getpid(),
             }
         )

@@ -1,0 +1,108 @@
+"""The `eval:` config section, and the job file that puts `cluster:`, `serve:` and `eval:` together.
+
+    cluster: {}                         # embedded local Ray (cluster.config.ClusterConfig)
+    serve:                              # optional: deploy these checkpoints for the run (serve_apps.config)
+      models: [{model: .evalcluster/models/smollm2-135m-instruct}]
+    eval:
+      datasets: [demo_arith_gen_0_shot_chat_prompt]
+      output: runs/demo
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+
+from cluster.config import ClusterConfig
+from cluster.configfile import StrictModel, load_yaml, merge, validate
+from cluster.errors import ConfigError
+from serve_apps.config import ServeConfig
+
+
+class GenerationConfig(StrictModel):
+    """Sampling parameters sent with every request (AISBench's `vllm_api_general_chat` defaults)."""
+
+    max_out_len: int = Field(512, ge=1, description="max_tokens per answer (a dataset's per-row limit wins).")
+    temperature: float | None = Field(None, ge=0, description="None: the server's default (greedy: 0).")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None)
+    seed: int | None = Field(None, description="Base sampling seed; repeat r of a sample uses seed + r.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="More request fields, passed unchanged (e.g. chat_template_kwargs)."
+    )
+
+    def request_fields(self, repeat: int, row_max_out_len: int | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {"max_tokens": row_max_out_len or self.max_out_len}
+        for name in ("temperature", "top_p", "top_k"):
+            if (value := getattr(self, name)) is not None:
+                fields[name] = value
+        if self.seed is not None:
+            fields["seed"] = self.seed + repeat
+        return {**fields, **self.extra_body}
+
+
+class EvalConfig(StrictModel):
+    """What to evaluate, against which endpoint, how hard to push it, and where results go."""
+
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible base URL to evaluate (the shared endpoint or any vLLM server). "
+        "Leave empty when the job's `serve:` section deploys the checkpoints itself.",
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key for the endpoint.")
+    models: list[str] = Field(
+        default_factory=list, description="Served model names to evaluate; empty: every model the endpoint lists."
+    )
+    datasets: list[str] = Field(min_length=1, description="AISBench dataset config names or config file paths.")
+    data_dir: str | None = Field(
+        None, description="Where dataset files live (AISBench's AIS_BENCH_DATASETS_CACHE); default "
+        "$AIS_BENCH_DATASETS_CACHE, else <evalcluster home>/datasets.",
+    )
+    num_repeats: int | None = Field(None, ge=1, description="Answers per question (n); default: the dataset's n.")
+    k: list[int] | None = Field(None, description="k values for pass@k / cons@k; default: powers of 2 up to n.")
+    limit: int | None = Field(None, ge=1, description="Only the first LIMIT rows of each dataset (smoke runs).")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    clients: int = Field(2, ge=1, description="Client actors sharing the work queue.")
+    concurrency: int = Field(16, ge=1, description="Requests each client keeps in flight.")
+    lease_size: int = Field(4, ge=1, description="Samples a client takes from the queue at a time.")
+    timeout_s: float = Field(600.0, gt=0, description="Bound on one request attempt, end to end.")
+    max_retries: int = Field(3, ge=0, description="Retries of a sample on connection errors, 429 and 5xx.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter.")
+    output: str = Field("runs/latest", description="Run directory; running again on it resumes.")
+
+    @model_validator(mode="after")
+    def _ks_within_repeats(self) -> EvalConfig:
+        if self.k and self.num_repeats and max(self.k) > self.num_repeats:
+            raise ValueError(f"k={max(self.k)} exceeds num_repeats={self.num_repeats}")
+        return self
+
+
+class JobConfig(StrictModel):
+    """One evaluation job: where it runs, what it serves (optional), what it evaluates."""
+
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    serve: ServeConfig | None = Field(None, description="Checkpoints the job deploys for itself.")
+    eval: EvalConfig
+
+    @model_validator(mode="after")
+    def _has_an_endpoint(self) -> JobConfig:
+        serving = self.serve is not None and bool(self.serve.models)
+        if serving == bool(self.eval.endpoint):
+            raise ValueError(
+                "give exactly one of eval.endpoint (an endpoint that is already up) or serve.models "
+                "(checkpoints this job deploys)"
+            )
+        return self
+
+
+def load_job_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read and validate a job YAML; `overrides` (section → fields, as the CLI flags give them) win over the file."""
+    data = load_yaml(path) if path else {}
+    for section, fields in (overrides or {}).items():
+        if fields:
+            current = data.get(section) or {}
+            if not isinstance(current, dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping, got {type(current).__name__}")
+            data[section] = merge(current, fields)
+    return validate(JobConfig, data, source=str(path or "command line"))

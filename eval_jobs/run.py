@@ -1,0 +1,170 @@
+"""`python -m eval_jobs.run CONFIG.yaml`: the evaluation job, the same locally and under `ray job submit`.
+
+config → cluster (connect) → serve (deploy the job's checkpoints, if any) → eval (queue + client actors, durable
+store) → report (AISBench scoring, pandas summary). Running again on the same output directory resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cluster.connection import ray_session
+from cluster.errors import ConfigError, EvalClusterError
+from eval_jobs.config import EvalConfig, JobConfig, load_job_config
+from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+from eval_jobs.report import print_summary, samples_frame, write_config, write_report
+from eval_jobs.scoring import judge, summarize
+from eval_jobs.store import RunDir, SampleStore
+from eval_jobs.work import ClientSettings, distribute
+
+log = logging.getLogger("evalcluster.eval")
+
+
+def build_requests(
+    cfg: EvalConfig, endpoint: str, models: list[str], datasets: list[EvalDataset]
+) -> list[SampleRequest]:
+    """Every sample of the run, dataset rows in order, repeats of a row together."""
+    requests = []
+    for model in models:
+        for ds in datasets:
+            rows = range(min(len(ds), cfg.limit or len(ds)))
+            for index in rows:
+                row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
+                for repeat in range(cfg.num_repeats or ds.n):
+                    body = {"model": model, "messages": ds.messages[index],
+                            **cfg.generation.request_fields(repeat, row_limit)}
+                    requests.append(SampleRequest(key=SampleKey(model, ds.name, index, repeat),
+                                                  endpoint=endpoint, body=body))
+    return requests
+
+
+def served_models(endpoint: str, api_key: str | None) -> list[str]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
+    try:
+        response = httpx.get(url, headers=headers, timeout=30.0, trust_env=False)
+        response.raise_for_status()
+        return [card["id"] for card in response.json()["data"]]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise ConfigError(f"eval.endpoint: cannot list models at {url}: {exc}") from None
+
+
+def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.DataFrame:
+    """The per-sample frame with AISBench's verdict (`correct`, `extracted`) on every ok sample."""
+    frame = samples_frame(records)
+    frame["correct"] = False
+    frame["extracted"] = ""
+    for (_, dataset), group in frame[frame["status"] == "ok"].groupby(["model", "dataset"]):
+        verdicts = judge(datasets[dataset], group["response"].tolist(), group["index"].tolist())
+        frame.loc[group.index, "correct"] = [c for c, _ in verdicts]
+        frame.loc[group.index, "extracted"] = [e for _, e in verdicts]
+    return frame
+
+
+@contextlib.contextmanager
+def endpoint_for(job: JobConfig) -> Iterator[tuple[str, list[str], bool]]:
+    """(endpoint URL, models to evaluate, simulated): the job's own deployment, or the endpoint it was given."""
+    if job.serve is None or not job.serve.models:
+        api_key = job.eval.api_key.get_secret_value() if job.eval.api_key else None
+        yield job.eval.endpoint, job.eval.models or served_models(job.eval.endpoint, api_key), False
+        return
+    from serve_apps.endpoint import Endpoint
+
+    endpoint = Endpoint(job.serve).start()
+    try:
+        names = [m.name for m in job.serve.models]
+        unknown = sorted(set(job.eval.models) - set(names))
+        if unknown:
+            raise ConfigError(f"eval.models: {unknown} are not among serve.models {names}")
+        yield endpoint.url, job.eval.models or names, job.serve.engine.kind == "sim"
+    finally:
+        for model in job.serve.models:
+            with contextlib.suppress(Exception):
+                endpoint.remove_model(model.name)
+
+
+def run_job(job: JobConfig) -> pd.DataFrame:
+    """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
+    cfg = job.eval
+    datasets = {ds.name: ds for name in cfg.datasets for ds in load_datasets(name, cfg.data_dir)}
+    run_dir = RunDir(Path(cfg.output)).create()
+    write_config(run_dir, job)
+    store = SampleStore(run_dir.samples_jsonl)
+
+    with ray_session(job.cluster), endpoint_for(job) as (endpoint, models, simulated):
+        if job.serve is not None and job.serve.api_key and not cfg.api_key:
+            cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
+        requests = build_requests(cfg, endpoint, models, list(datasets.values()))
+        finished = store.finished_keys()
+        todo = [r for r in requests if r.key not in finished]
+        log.info("%d samples, %d already finished, %d to send to %s", len(requests), len(requests) - len(todo),
+                 len(todo), endpoint)
+        settings = ClientSettings(
+            concurrency=cfg.concurrency, lease_size=cfg.lease_size, timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+            api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+        )
+        with progress_bar(len(requests), len(requests) - len(todo)) as on_results:
+            def record(results: list[SampleResult]) -> None:
+                store.append(results)  # durable first; only then does a sample count
+                on_results(results)
+
+            distribute(todo, settings, cfg.clients, record)
+
+    keys = {r.key for r in requests}
+    records = [r for r in store.load() if r.key in keys]
+    if simulated:
+        table = write_report(run_dir, samples_frame(records), None, simulated=True, config=job)
+    else:
+        frame = score(records, datasets)
+        table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job)
+    print_summary(table, simulated=simulated)
+    print(f"report: {run_dir.root.resolve()}")
+    return table
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, already: int):
+    """A progress bar of finished samples: done/total, rate, failures and ETA."""
+    columns = [TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.2f} samples/s"), TextColumn("failed {task.fields[failed]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("eval", total=total, completed=already, failed=0, rate=0.0)
+        failed = 0
+
+        def on_results(results: list[SampleResult]) -> None:
+            nonlocal failed
+            failed += sum(r.status != "ok" for r in results)
+            progress.update(task, advance=len(results), failed=failed, rate=progress.tasks[0].speed or 0.0)
+
+        yield on_results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval_jobs.run", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="job YAML with cluster:, serve: and eval: sections")
+    parser.add_argument("--output", help="run directory (overrides eval.output)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        job = load_job_config(args.config, {"eval": {"output": args.output} if args.output else {}})
+        run_job(job)
+    except EvalClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

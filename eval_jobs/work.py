@@ -1,0 +1,173 @@
+"""Dynamic work distribution: one queue actor holds the samples, client actors lease small batches of them.
+
+The driver is the only writer of the run's store: it takes finished results from the queue, appends them durably,
+and only then counts them. A client that dies loses nothing but its leases, which go back to the queue (at once
+when the driver sees the death, or when the lease expires); a result that arrives for a sample already finished
+elsewhere is dropped, so every key is reported once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from eval_jobs.client import make_client, send_chat
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+
+log = logging.getLogger(__name__)
+
+# How often an idle client asks the queue again while other clients still hold leases that may come back.
+IDLE_POLL_S = 0.5
+# How many times the driver restarts one client's run after the client actor died, before it gives up.
+MAX_CLIENT_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    concurrency: int
+    lease_size: int
+    timeout_s: float
+    max_retries: int
+    backoff_s: float
+    api_key: str | None = None
+
+    def lease_timeout_s(self) -> float:
+        """Longest a healthy client can hold a sample: every attempt timing out, plus the (capped) backoffs."""
+        return (self.max_retries + 1) * (self.timeout_s + 60.0) + 30.0
+
+
+@ray.remote(num_cpus=0)
+class WorkQueue:
+    def __init__(self, requests: list[SampleRequest], lease_timeout_s: float):
+        self._pending: collections.deque[SampleRequest] = collections.deque(requests)
+        self._leases: dict[SampleKey, tuple[str, float, SampleRequest]] = {}
+        self._finished: set[SampleKey] = set()
+        self._results: list[SampleResult] = []
+        self._lease_timeout_s = lease_timeout_s
+
+    def lease(self, client: str, n: int) -> list[SampleRequest]:
+        self._requeue(lambda holder, leased_at: time.monotonic() - leased_at > self._lease_timeout_s)
+        batch = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
+        now = time.monotonic()
+        for request in batch:
+            self._leases[request.key] = (client, now, request)
+        return batch
+
+    def report(self, results: list[SampleResult]) -> None:
+        for result in results:
+            if result.key in self._finished:
+                continue  # finished already by a client that took over an expired lease
+            self._finished.add(result.key)
+            self._leases.pop(result.key, None)
+            self._results.append(result)
+
+    def release(self, client: str) -> int:
+        """Give back every sample `client` holds (it died). Returns how many."""
+        return self._requeue(lambda holder, leased_at: holder == client)
+
+    def take_results(self) -> tuple[list[SampleResult], int]:
+        """Finished results not yet taken, and how many samples are still unfinished."""
+        results, self._results = self._results, []
+        return results, len(self._pending) + len(self._leases)
+
+    def remaining(self) -> int:
+        return len(self._pending) + len(self._leases)
+
+    def _requeue(self, expired: Callable[[str, float], bool]) -> int:
+        keys = [key for key, (holder, leased_at, _) in self._leases.items() if expired(holder, leased_at)]
+        for key in keys:
+            self._pending.appendleft(self._leases.pop(key)[2])
+        return len(keys)
+
+
+@ray.remote(num_cpus=0)
+class EvalClient:
+    """Keeps up to `concurrency` requests in flight, leasing more as slots free up, until the queue is empty."""
+
+    def __init__(self, name: str, settings: ClientSettings):
+        self._name = name
+        self._settings = settings
+
+    async def run(self, queue) -> int:
+        s = self._settings
+        sent = 0
+        in_flight: set[asyncio.Task] = set()
+        async with make_client(s.concurrency) as session:
+            while True:
+                free = s.concurrency - len(in_flight)
+                batch = await queue.lease.remote(self._name, min(free, s.lease_size)) if free else []
+                for request in batch:
+                    in_flight.add(asyncio.create_task(self._one(session, request, queue)))
+                sent += len(batch)
+                if batch and len(in_flight) < s.concurrency:
+                    continue  # fill every slot before waiting
+                if in_flight:
+                    _, in_flight = await asyncio.wait(in_flight, timeout=IDLE_POLL_S,
+                                                      return_when=asyncio.FIRST_COMPLETED)
+                elif await queue.remaining.remote() == 0:
+                    return sent
+                else:
+                    await asyncio.sleep(IDLE_POLL_S)  # others hold the rest; their leases may come back
+
+    async def _one(self, session, request: SampleRequest, queue) -> None:
+        s = self._settings
+        result = await send_chat(session, request, timeout_s=s.timeout_s, max_retries=s.max_retries,
+                                 backoff_s=s.backoff_s, api_key=s.api_key)
+        await queue.report.remote([result])
+
+
+def distribute(
+    requests: list[SampleRequest],
+    settings: ClientSettings,
+    num_clients: int,
+    on_results: Callable[[list[SampleResult]], None],
+) -> None:
+    """Run `requests` through `num_clients` client actors; `on_results` gets every finished batch (it must make them
+    durable before returning). Returns when every request has a result."""
+    if not requests:
+        return
+    queue = WorkQueue.remote(requests, settings.lease_timeout_s())
+    # SPREAD: clients land on different nodes, so no one node's network carries every request.
+    clients = {f"client-{i}": EvalClient.options(scheduling_strategy="SPREAD").remote(f"client-{i}", settings)
+               for i in range(num_clients)}
+    runs = {clients[name].run.remote(queue): name for name in clients}
+    restarts: collections.Counter[str] = collections.Counter()
+    try:
+        while True:
+            results, remaining = ray.get(queue.take_results.remote())
+            if results:
+                on_results(results)
+            if remaining == 0:
+                results, _ = ray.get(queue.take_results.remote())
+                if results:
+                    on_results(results)
+                return
+            ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=IDLE_POLL_S)
+            for ref in ready:
+                name = runs.pop(ref)
+                try:
+                    ray.get(ref)
+                    continue  # the queue ran dry for this client
+                except (RayActorError, RayTaskError) as exc:
+                    restarts[name] += 1
+                    given_back = ray.get(queue.release.remote(name))
+                    log.warning("%s failed (%s); %d samples back in the queue", name, type(exc).__name__, given_back)
+                    if restarts[name] > MAX_CLIENT_RESTARTS:
+                        raise
+                    ray.kill(clients[name])
+                clients[name] = EvalClient.options(scheduling_strategy="SPREAD").remote(name, settings)
+                runs[clients[name].run.remote(queue)] = name
+            if not runs:
+                # Every client finished but samples remain: they were leased by a client that vanished silently.
+                runs = {clients[name].run.remote(queue): name for name in clients}
+    finally:
+        for actor in clients.values():
+            ray.kill(actor)
+        ray.kill(queue)

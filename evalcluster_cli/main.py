@@ -1,0 +1,274 @@
+"""`evalcluster`: serve checkpoints, evaluate them, prepare models, find datasets, start cluster nodes.
+
+Each subcommand turns its flags into the same config sections the YAML files use (`cluster:`, `serve:`, `eval:`),
+so a flag and a config field always mean the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+from cluster.config import ClusterConfig
+from cluster.configfile import load_section, load_yaml, merge, validate
+from cluster.errors import ConfigError, EvalClusterError
+
+SEED_EXAMPLE = "evalcluster serve --model DIR --tensor-parallel-size 8 --platform ascend"
+
+
+def _engine_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--engine-arg wants KEY=VALUE, got {text!r}")
+    lowered = value.lower()
+    return key, True if lowered in ("", "true") else False if lowered == "false" else value
+
+
+def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None and v != [] and v != {}}
+
+
+# -- serve ------------------------------------------------------------------------------------------------------
+
+
+def add_serve_flags(p: argparse.ArgumentParser, *, model_flag: str = "--model") -> None:
+    """The seed's `api_server` flags, plus where and how engines run."""
+    g = p.add_argument_group("checkpoints (the vllm-mindspore api_server flags)")
+    g.add_argument(model_flag, dest="model_dirs", action="append", metavar="DIR", help="checkpoint directory "
+                   "(or a prepared model name: smollm2-135m-instruct, tiny-qwen2); repeat for several")
+    g.add_argument("--served-model-name", action="append", help="name clients use (one per --model)")
+    g.add_argument("--tensor-parallel-size", type=int)
+    g.add_argument("--max-model-len", type=int)
+    g.add_argument("--gpu-memory-utilization", type=float)
+    g.add_argument("--trust-remote-code", action="store_true", default=None)
+    g.add_argument("--dtype")
+    g.add_argument("--num-replicas", type=int, help="engine replicas per checkpoint")
+    g.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
+                   help="extra engine flag, repeatable (e.g. --engine-arg max-num-seqs=64)")
+    e = p.add_argument_group("engine")
+    e.add_argument("--platform", choices=["ascend", "cuda", "cpu"])
+    e.add_argument("--engine-python", help="interpreter of the engine environment")
+    e.add_argument("--engine", dest="engine_kind", choices=["vllm", "sim"],
+                   help="'sim': simulated-latency engine for orchestration benchmarks (never scored)")
+    e.add_argument("--startup-timeout", type=float, dest="startup_timeout_s")
+
+
+def serve_overrides(args: argparse.Namespace, *, with_endpoint: bool) -> dict[str, Any]:
+    """The `serve:` fields the flags set (models replace the file's list when --model is given)."""
+    fields: dict[str, Any] = {}
+    if with_endpoint:
+        fields.update(_drop_none({"host": args.host, "port": args.port, "api_key": args.api_key}))
+    engine = _drop_none({"platform": args.platform, "python": args.engine_python, "kind": args.engine_kind,
+                         "startup_timeout_s": args.startup_timeout_s})
+    if engine:
+        fields["engine"] = engine
+    if args.model_dirs:
+        names = args.served_model_name or []
+        if names and len(names) != len(args.model_dirs):
+            raise ConfigError(f"--served-model-name given {len(names)} times for {len(args.model_dirs)} --model")
+        common = _drop_none({
+            "tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len,
+            "gpu_memory_utilization": args.gpu_memory_utilization, "trust_remote_code": args.trust_remote_code,
+            "dtype": args.dtype, "num_replicas": args.num_replicas, "engine_args": dict(args.engine_arg),
+        })  # fmt: skip
+        fields["models"] = [
+            {"model": d, **common, **({"served_model_name": names[i]} if names else {})}
+            for i, d in enumerate(args.model_dirs)
+        ]
+    return fields
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cluster.connection import ray_session
+    from serve_apps.config import ServeConfig
+    from serve_apps.endpoint import Endpoint
+
+    data = merge(load_yaml(args.config).get("serve") or {} if args.config else {},
+                 serve_overrides(args, with_endpoint=True))
+    cfg = validate(ServeConfig, data, source=args.config or "command line", section="serve")
+    if not cfg.models:
+        raise ConfigError(f"nothing to serve: give --model DIR or a config with serve.models (e.g. {SEED_EXAMPLE})")
+    cluster = ClusterConfig(address=args.address) if args.address else _cluster_section(args.config)
+    with ray_session(cluster):
+        endpoint = Endpoint(cfg)
+        try:
+            endpoint.start()
+            print(f"endpoint: {endpoint.url}/v1", flush=True)
+            for name in endpoint.served_models():
+                print(f"  model: {name}", flush=True)
+            print("Ctrl-C to stop", flush=True)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("shutting down the endpoint", flush=True)
+            endpoint.shutdown()
+    return 0
+
+
+def _cluster_section(config: str | None) -> ClusterConfig:
+    return load_section(config, "cluster", ClusterConfig) if config else ClusterConfig()
+
+
+# -- eval -------------------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from eval_jobs.config import load_job_config
+    from eval_jobs.run import run_job
+
+    generation = _drop_none({"max_out_len": args.max_out_len, "temperature": args.temperature,
+                             "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed})
+    eval_fields = _drop_none({
+        "endpoint": args.endpoint, "api_key": args.api_key, "models": args.models, "datasets": args.datasets,
+        "data_dir": args.data_dir, "num_repeats": args.num_repeats, "k": args.k, "limit": args.limit,
+        "concurrency": args.concurrency, "clients": args.clients, "timeout_s": args.timeout,
+        "max_retries": args.max_retries, "output": args.output,
+    })  # fmt: skip
+    if generation:
+        eval_fields["generation"] = generation
+    overrides = {"eval": eval_fields, "serve": serve_overrides(args, with_endpoint=False)}
+    if args.address:
+        overrides["cluster"] = {"address": args.address}
+    job = load_job_config(args.config, overrides)
+    run_job(job)
+    return 0
+
+
+# -- models, datasets, cluster ----------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from serve_apps import models
+
+    if args.action == "path":
+        print(models.model_path(args.names[0]))
+        return 0
+    for name in args.names or models.MODEL_NAMES:
+        print(f"{name}: {models.prepare(name, force=args.force)}", flush=True)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from eval_jobs.datasets import find_dataset_configs
+
+    found = find_dataset_configs(args.search, args.data_dir)
+    if not found:
+        print(f"no dataset config matches {args.search!r}")
+        return 1
+    for info in found:
+        state = "error: " + info.error if info.error else ("present" if info.data_exists else "MISSING")
+        print(f"{info.name}\n  config: {info.config_path}\n  abbr:   {info.abbr}\n"
+              f"  data:   {info.data_path or '(none)'}  [{state}]")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from cluster import nodes
+
+    if args.action == "up" and args.simulate:
+        from cluster.simulate import simulate_up
+
+        state = simulate_up(args.simulate)
+    elif args.action == "up":
+        npus = args.npus if args.npus in (None, "auto") else int(args.npus)
+        state = nodes.cluster_up(head=not args.address, address=args.address, npus=npus, gpus=args.gpus,
+                                 cpus=args.cpus, accelerator_type=args.accelerator_type,
+                                 node_ip_address=args.node_ip_address, port=args.port,
+                                 auth_mode=args.auth_mode, token_path=args.token_path)
+    elif args.action == "down":
+        stopped = nodes.cluster_down()
+        print(f"stopped {len(stopped)} Ray node process(es)" if stopped else "no cluster started by evalcluster")
+        return 0
+    else:
+        print(nodes.format_status(nodes.cluster_status(args.address)))
+        return 0
+    print(f"Ray at {state.gcs_address}  (dashboard {state.dashboard_url or '-'})")
+    print("drivers and jobs use this environment:")
+    for key, value in state.client_env().items():
+        print(f"  export {key}={value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evalcluster", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="one OpenAI endpoint for one or more checkpoints")
+    add_serve_flags(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--api-key")
+    p.add_argument("--config", help="YAML with a serve: section (and optionally cluster:)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints on AISBench datasets")
+    p.add_argument("config", nargs="?", help="job YAML (cluster:, serve:, eval:); flags override it")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL to evaluate")
+    add_serve_flags(p, model_flag="--model-dir")
+    p.add_argument("--models", nargs="+", help="served model names to evaluate (default: all)")
+    p.add_argument("--datasets", nargs="+", help="AISBench dataset config names or paths")
+    p.add_argument("--data-dir")
+    p.add_argument("--num-repeats", type=int)
+    p.add_argument("--k", type=int, nargs="+")
+    p.add_argument("--limit", type=int, help="first N rows of each dataset")
+    p.add_argument("--max-out-len", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--concurrency", type=int, help="requests in flight per client")
+    p.add_argument("--clients", type=int, help="client actors")
+    p.add_argument("--timeout", type=float, help="seconds per request attempt")
+    p.add_argument("--max-retries", type=int)
+    p.add_argument("--output", help="run directory (running again resumes)")
+    p.add_argument("--api-key")
+    p.add_argument("--address", help="Ray cluster to run on")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="build the shipped models (no hub needed)")
+    p.add_argument("action", choices=["prepare", "path"])
+    p.add_argument("names", nargs="*")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="find AISBench dataset configs and their data files")
+    p.add_argument("--search", required=True, metavar="NAME")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("cluster", help="start/stop this machine's Ray node, or show the cluster")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--address", help="up: join this head (HOST:PORT); status: read this cluster")
+    p.add_argument("--npus", help="NPUs this node declares ('auto': count /dev/davinci*)")
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--cpus", type=float)
+    p.add_argument("--accelerator-type")
+    p.add_argument("--node-ip-address")
+    p.add_argument("--port", type=int, default=6379)
+    p.add_argument("--auth-mode", choices=["token", "disabled"], default="token")
+    p.add_argument("--token-path", help="joining node: the copy of the head's token file")
+    p.add_argument("--simulate", metavar="NODES:NPUS", help="up: simulated NPU nodes on 127.0.0.2.. (tests)")
+    p.set_defaults(func=cmd_cluster)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except EvalClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
