@@ -1,0 +1,20 @@
+"""Where things run: Ray connection, NPU-tagged node bootstrap, placement planning and feasibility checks.
+
+Ray reads its auth mode once, when it is first imported, so the mode is made explicit here, before anything in
+this project imports ray: token auth with the token at $RAY_AUTH_TOKEN_PATH (default
+<evalcluster home>/ray/auth_token), unless the environment already says otherwise (RAY_AUTH_MODE=disabled for a
+throwaway cluster). Ray also decides at import whether it rewrites 127.0.0.1 to the machine's external address:
+a driver that starts its own local Ray keeps loopback only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (facts.md).
+Usage statistics are off: nothing leaves the machine.
+"""
+
+import os as _os
+
+from cluster.paths import evalcluster_home as _home
+
+_os.environ.setdefault("RAY_AUTH_MODE", "token")
+if _os.environ["RAY_AUTH_MODE"] == "token":
+    _os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(_home() / "ray" / "auth_token"))
+if not _os.environ.get("RAY_ADDRESS"):
+    _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+_os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

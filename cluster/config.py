@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from cluster.configfile import StrictModel
@@ -18,11 +16,6 @@ class ClusterConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="Embedded Ray only: CPUs to declare (default: all cores).")
     resources: dict[str, float] = Field(
         default_factory=dict, description="Embedded Ray only: extra node resources, e.g. {NPU: 8}."
-    )
-    auth_mode: Literal["token", "disabled"] = Field(
-        "token",
-        description="Ray's RPC auth mode, always set explicitly. 'token' keeps the token at "
-        "$EVALCLUSTER_HOME/ray/auth_token (mode 0600) unless RAY_AUTH_TOKEN_PATH names another file.",
     )
     include_dashboard: bool = Field(
         False, description="Embedded Ray only: start the dashboard (needed for `ray job submit`; ~200 MB)."

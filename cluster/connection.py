@@ -20,20 +20,6 @@ def auth_token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or evalcluster_home() / "ray" / "auth_token")
 
 
-def ray_env(cfg: ClusterConfig, *, local: bool) -> dict[str, str]:
-    """Environment Ray must see, in this process and in every `ray` command we start.
-
-    Ray's token auth is on by default and only sent by clients that set RAY_AUTH_MODE=token, so the mode is always
-    explicit. A local single-node Ray rewrites 127.0.0.1 to the machine's address unless this variable is 0.
-    """
-    env = {"RAY_AUTH_MODE": cfg.auth_mode}
-    if cfg.auth_mode == "token":
-        env["RAY_AUTH_TOKEN_PATH"] = str(ensure_auth_token())
-    if local:
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    return env
-
-
 def ensure_auth_token() -> Path:
     """Create the token file once (0600); Ray refuses an empty or missing RAY_AUTH_TOKEN_PATH file."""
     path = auth_token_path()
@@ -52,7 +38,8 @@ def connect(cfg: ClusterConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    os.environ.update(ray_env(cfg, local=address is None))
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        ensure_auth_token()
     try:
         if address:
             # Jobs submitted with `ray job submit` land here with RAY_ADDRESS set by the job supervisor.

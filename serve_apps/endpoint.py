@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import httpx
 from ray import serve
+from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
 
 from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.planner import check_feasible, live_nodes, replica_needs
@@ -32,20 +33,29 @@ class Endpoint:
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
+        self.host = cfg.host
         self.port = cfg.port or free_port(cfg.host)
         self._models: dict[str, ModelConfig] = {}
 
     @property
     def url(self) -> str:
-        return f"http://{self.cfg.host}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Endpoint:
+        """Start Serve's HTTP proxy and the ingress, or join the ones already running on this cluster (their
+        address and settings stay as they are), then deploy `cfg.models`."""
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": self.cfg.host, "port": self.port,
                           "request_timeout_s": self.cfg.engine.request_timeout_s},
         )
-        serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
+        # A running Serve keeps its own HTTP options: the endpoint is wherever its proxy really listens.
+        http = _get_global_client().http_config
+        if (http.host, http.port) != (self.cfg.host, self.port):
+            log.warning("joined the Serve instance already running at %s:%s", http.host, http.port)
+        self.host, self.port = http.host, http.port
+        if INGRESS_APP not in serve.status().applications:
+            serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
         self.add_models(self.cfg.models)
         return self
 

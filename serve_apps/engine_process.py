@@ -8,7 +8,7 @@ exits 0 even when the server inside it crashed.
 from __future__ import annotations
 
 import collections
-import ctypes
+import contextlib
 import os
 import signal
 import socket
@@ -105,13 +105,8 @@ def engine_env(engine: EngineConfig, base: Mapping[str, str], *, cpus: float) ->
     return env
 
 
-def _child_setup() -> None:
-    """Runs in the child before exec: die with the supervisor, and drop Ray's worker niceness where allowed."""
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def _lower_niceness() -> None:
+    """Runs in the child before exec: drop Ray's worker niceness where allowed (the engine is the real work)."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:
@@ -135,13 +130,22 @@ class EngineProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            # The guard leads a new process group holding the engine and everything it starts, and ends that group
+            # with the engine or with us (serve_apps/engine_guard.py).
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_child_setup,
+                [sys.executable, "-m", "serve_apps.engine_guard", "--", *self.argv],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_lower_niceness,
             )
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            return True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a guard killed with SIGKILL could not clean up its group
+        return False
 
     def log_tail(self, lines: int = 25) -> str:
         try:

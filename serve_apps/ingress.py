@@ -1,7 +1,10 @@
 """The shared OpenAI-compatible endpoint: reads only `model` from a request, hands the body to that checkpoint's
-engine supervisor, and streams the engine's answer back unchanged."""
+engine supervisor, and streams the engine's answer back unchanged.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must see the real `Request` type on the methods Serve
+rewraps, or it takes `request` for a query parameter.
+"""
+
 
 import asyncio
 import hmac
@@ -111,7 +114,8 @@ class ModelTable:
             if time.monotonic() - self._fetched_at > self._refresh_s:
                 status = await asyncio.to_thread(serve.status)
                 self._status = {
-                    name.removeprefix(ENGINE_APP_PREFIX): str(app.status)
+                    # ApplicationStatus is a str enum whose str() is "ApplicationStatus.RUNNING": use its value.
+                    name.removeprefix(ENGINE_APP_PREFIX): getattr(app.status, "value", str(app.status))
                     for name, app in status.applications.items()
                     if name.startswith(ENGINE_APP_PREFIX)
                 }
@@ -147,6 +151,12 @@ class IngressMetrics:
             "evalcluster_request_seconds", "Time to the engine's response head", ["route", "model"],
             registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
         )
+
+
+async def _rest(stream):
+    """The engine's remaining bytes, as they arrive (the head was consumed to set status and content type)."""
+    async for chunk in stream:
+        yield chunk
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096)
@@ -215,8 +225,3 @@ class OpenAIIngress:
         # Non-streaming answers are collected so the client gets a Content-Length, exactly as the engine sent it.
         content = b"".join([chunk async for chunk in stream])
         return Response(content, status_code=head["status"], media_type=head["content_type"] or None)
-
-
-async def _rest(stream):
-    async for chunk in stream:
-        yield chunk

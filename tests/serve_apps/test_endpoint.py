@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import httpx
@@ -169,15 +170,29 @@ def test_infeasible_checkpoint_fails_fast_with_a_clear_error(endpoint):
     assert "too-big" not in endpoint.served_models()
 
 
+def engine_group(guard_pid: int) -> list[int]:
+    """Pids of the engine's process group (the guard, the API server, vLLM's engine core and workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == guard_pid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
 def test_killed_engine_is_replaced_and_the_endpoint_answers_again(endpoint, client):
     """Last on purpose: it takes tiny-b down for the time Serve needs to notice and start a new engine."""
-    old_pid = endpoint.engine_info("tiny-b")["pid"]
-    os.killpg(old_pid, signal.SIGKILL)
+    guard_pid = endpoint.engine_info("tiny-b")["pid"]
+    api_server = int(subprocess.check_output(["pgrep", "-P", str(guard_pid)]).split()[0])
+    os.kill(api_server, signal.SIGKILL)  # the engine crashes; its engine core and workers are left behind
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
             answer = client.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}, timeout=30)
-            if answer.status_code == 200 and endpoint.engine_info("tiny-b")["pid"] != old_pid:
+            if answer.status_code == 200 and endpoint.engine_info("tiny-b")["pid"] != guard_pid:
                 break
         except httpx.HTTPError:
             pass
@@ -185,3 +200,4 @@ def test_killed_engine_is_replaced_and_the_endpoint_answers_again(endpoint, clie
     else:
         pytest.fail(f"tiny-b did not answer within 300 s of its engine being killed: {serve.status()}")
     assert serve.status().applications[engine_app_name("tiny-b")].status == "RUNNING"
+    assert engine_group(guard_pid) == []  # nothing of the dead engine survives to hold memory or ports

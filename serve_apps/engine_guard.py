@@ -1,0 +1,69 @@
+"""`python -m serve_apps.engine_guard -- ENGINE ARGV...`: runs the engine and takes its whole process group with it.
+
+vLLM's API server starts an engine-core process and workers of its own. When the API server dies (killed, or
+sent SIGTERM because its supervisor replica died), those grandchildren are re-parented to init and keep their
+memory and ports (seen here). The guard leads a process group holding all of them and, whenever it ends (the
+engine exited, the supervisor died, or it was asked to stop), it terminates the whole group: TERM, a grace
+period, then KILL. Its exit code is the engine's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def _end_group(engine: subprocess.Popen, code: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group TERM below reaches the guard too
+    try:
+        os.killpg(0, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        while engine.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the engine's own children exit right after it
+    finally:
+        sys.stdout.flush()
+        if _others_left():
+            os.killpg(0, signal.SIGKILL)
+        os._exit(code)
+
+
+def _others_left() -> bool:
+    """Whether any process of our group besides the guard is still there."""
+    me, group = os.getpid(), os.getpgid(0)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                if os.getpgid(int(entry)) == group:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] != "--" or len(argv) < 2:
+        sys.exit("usage: python -m serve_apps.engine_guard -- ENGINE ARGV...")
+    if os.getpgid(0) != os.getpid():
+        os.setsid()  # lead our own group, so killpg(0) never reaches the supervisor
+    # Our parent is the supervisor replica: if it dies, the kernel tells us with SIGTERM.
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above took effect
+        sys.exit(1)
+    engine = subprocess.Popen(argv[1:])
+    signal.signal(signal.SIGTERM, lambda *_: _end_group(engine, 143))
+    signal.signal(signal.SIGINT, lambda *_: _end_group(engine, 130))
+    code = engine.wait()
+    _end_group(engine, code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
