@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from cluster.connection import ensure_auth_token
 from cluster.errors import ClusterConnectionError, ConfigError
-from cluster.paths import evalcluster_home
+from cluster.paths import REPO_ROOT, evalcluster_home
 from cluster.planner import (
     dashboard_url,
     describe_resources,
@@ -166,6 +166,14 @@ def ray_env(
     # SIGTERM first drains the node (Ray default 30 s); `cluster down` takes the whole node away anyway.
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = str(drain_timeout_s)
     env["PYTHONUNBUFFERED"] = "1"  # the start marker must reach the log file while we wait for it
+    # Jobs run from an uploaded copy of the repo without the git-ignored data dir and engine environment: they
+    # find both through the environment their node was started with.
+    env.setdefault("EVALCLUSTER_HOME", str(evalcluster_home().resolve()))
+    # ... and write their reports where `cluster up` was run, not into Ray's temporary copy.
+    env.setdefault("EVALCLUSTER_RUNS_ROOT", str(Path.cwd()))
+    local_engine = REPO_ROOT / ".venv-engine" / "bin" / "python"
+    if local_engine.exists():
+        env.setdefault("EVALCLUSTER_ENGINE_PYTHON", str(local_engine))
     env.pop("RAY_ADDRESS", None)  # `ray start --head` would otherwise try to join it
     return env
 

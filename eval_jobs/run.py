@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,13 @@ def served_models(endpoint: str, api_key: str | None) -> list[str]:
         raise ConfigError(f"eval.endpoint: cannot list models at {url}: {exc}") from None
 
 
+def output_dir(output: str) -> Path:
+    """A relative `eval.output` is taken from $EVALCLUSTER_RUNS_ROOT (set by `cluster up` for its jobs), else from
+    the current directory."""
+    path = Path(output).expanduser()
+    return path if path.is_absolute() else Path(os.environ.get("EVALCLUSTER_RUNS_ROOT", ".")) / path
+
+
 def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.DataFrame:
     """The per-sample frame with AISBench's verdict (`correct`, `extracted`) on every ok sample."""
     frame = samples_frame(records)
@@ -97,7 +105,7 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
     cfg = job.eval
     datasets = {ds.name: ds for name in cfg.datasets for ds in load_datasets(name, cfg.data_dir)}
-    run_dir = RunDir(Path(cfg.output)).create()
+    run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)
     store = SampleStore(run_dir.samples_jsonl)
 

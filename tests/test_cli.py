@@ -1,0 +1,85 @@
+"""The `evalcluster` command as users run it: a real process, a real engine, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from serve_apps import models
+
+CLI = [sys.executable, "-m", "evalcluster_cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_models_path_prints_the_prepared_directory():
+    out = subprocess.run([*CLI, "models", "path", "tiny-qwen2"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(models.model_path("tiny-qwen2"))
+    bad = subprocess.run([*CLI, "models", "path", "gpt-9"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown model 'gpt-9'" in bad.stderr
+
+
+def test_datasets_search_shows_where_the_data_file_is_expected(tmp_path):
+    out = subprocess.run([*CLI, "datasets", "--search", "aime2025_gen_0_shot_chat", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "aime2025_gen_0_shot_chat_prompt" in out
+    assert str(tmp_path / "ais_bench/datasets/aime2025/aime2025.jsonl") in out and "MISSING" in out
+
+
+def test_serve_flags_that_make_no_sense_fail_before_anything_starts():
+    bad = subprocess.run([*CLI, "serve", "--model", "/nonexistent", "--tensor-parallel-size", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "serve.models.0.tensor_parallel_size = 0" in bad.stderr
+
+
+@pytest.mark.engine
+def test_serve_smollm2_answers_curl_style_requests_and_the_openai_client_then_stops_on_ctrl_c():
+    port = free_port()
+    command = [*CLI, "serve", "--model", str(models.model_path("smollm2-135m-instruct")), "--platform", "cpu",
+               "--port", str(port), "--max-model-len", "1024"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if line.startswith("Ctrl-C to stop"):
+                break
+        assert f"endpoint: http://127.0.0.1:{port}/v1\n" in output, "".join(output[-30:])
+        assert "  model: smollm2-135m-instruct\n" in output
+
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        assert [m["id"] for m in listed["data"]] == ["smollm2-135m-instruct"]
+        oai = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        answer = oai.chat.completions.create(model="smollm2-135m-instruct", messages=question, max_tokens=16,
+                                             temperature=0)
+        assert answer.choices[0].message.content.strip()
+        chunks = list(oai.chat.completions.create(model="smollm2-135m-instruct", messages=question, max_tokens=16,
+                                                  temperature=0, stream=True))
+        assert len(chunks) > 3
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            answer.choices[0].message.content
+
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=120) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
