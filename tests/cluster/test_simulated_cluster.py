@@ -285,3 +285,32 @@ def test_watchdog_is_quiet_when_everything_fits(sim: SimulatedCluster) -> None:
         watch_for_infeasible(timeout_s=5, until=lambda: True)  # returns at once: nothing pending
     finally:
         ray.kill(probe)
+
+
+def test_engine_supervisors_hold_their_npus_across_nodes(sim: SimulatedCluster) -> None:
+    """The real serving path on NPU nodes, with the simulator in place of vllm-mindspore: tp-2 × 4 replicas fill
+    both 4-NPU nodes, and each engine child sees exactly the two NPUs its replica holds."""
+    from ray import serve
+
+    from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
+    from serve_apps.endpoint import Endpoint
+
+    engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0, startup_timeout_s=120)
+    model = ModelConfig(model="/ckpt/step_100", tensor_parallel_size=2, num_replicas=4)
+    endpoint = Endpoint(ServeConfig(port=0, engine=engine, models=[model])).start()
+    try:
+        engines: dict[int, str] = {}
+        deadline = time.monotonic() + 60
+        while len(engines) < 4 and time.monotonic() < deadline:  # the handle picks a replica at random
+            info = endpoint.engine_info("step_100")
+            engines[info["pid"]] = info["url"]
+        assert len(engines) == 4
+        seen = [json.load(urllib.request.urlopen(url + "/sim/stats", timeout=10)) for url in engines.values()]
+        devices = [s["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"] for s in seen]
+        assert all(len(d.split(",")) == 2 for d in devices)
+        assert all(s["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native" for s in seen)
+        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status() if not s.is_head}
+        assert per_node == {"127.0.0.3": 2, "127.0.0.4": 2}
+        assert all(s.available.get("NPU", 0) == 0 for s in live_nodes() if not s.is_head)
+    finally:
+        serve.shutdown()
