@@ -141,6 +141,14 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     return table
 
 
+def exit_code(table: pd.DataFrame) -> int:
+    """1 when some samples failed (the report is partial; running again retries them), else 0."""
+    failed = int(table.drop_duplicates(["model", "dataset"])["failures"].fillna(0).sum())
+    if failed:
+        print(f"{failed} samples failed; run the same command again to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, already: int):
     """A progress bar of finished samples: done/total, rate, failures and ETA."""
@@ -167,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         job = load_job_config(args.config, {"eval": {"output": args.output} if args.output else {}})
-        run_job(job)
+        return exit_code(run_job(job))
     except EvalClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def _cluster_section(config: str | None) -> ClusterConfig:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from eval_jobs.config import load_job_config
-    from eval_jobs.run import run_job
+    from eval_jobs.run import exit_code, run_job
 
     generation = _drop_none({"max_out_len": args.max_out_len, "temperature": args.temperature,
                              "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed})
@@ -135,8 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.address:
         overrides["cluster"] = {"address": args.address}
     job = load_job_config(args.config, overrides)
-    run_job(job)
-    return 0
+    return exit_code(run_job(job))
 
 
 # -- models, datasets, cluster ----------------------------------------------------------------------------------
@@ -268,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     except EvalClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Everything started was stopped on the way out; finished samples are on disk.
+        print("interrupted; an evaluation resumes when run again with the same output", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import yaml
 
 from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig, load_job_config
-from eval_jobs.run import run_job
+from eval_jobs.run import exit_code, run_job
 from eval_jobs.store import RunDir, SampleStore
 from shared import API_KEY
 
@@ -149,6 +149,7 @@ def test_server_that_never_answers_ends_in_bounded_time_with_failed_samples_and_
     assert len(samples) == 3 and (samples["status"] == "failed").all()
     assert samples["error"].str.contains("timed out").all() and (samples["attempts"] == 2).all()
     assert table["failures"].max() == 3
+    assert exit_code(table) == 1  # a partial report is not a success
 
 
 def test_bad_config_names_file_field_and_value(tmp_path):
