@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class EvalClusterError(Exception):
     """Base of every error evalcluster raises on purpose. `http_status` is what the ingress answers with."""
@@ -26,3 +29,16 @@ class InfeasiblePlacementError(EvalClusterError):
 
 class ClusterConnectionError(EvalClusterError):
     """Ray could not be started or reached."""
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """A command's exit status: the body's own, 2 with a one-line message for a known error, 130 on Ctrl-C (by
+    then everything the body started has been stopped on the way out, and finished samples are on disk)."""
+    try:
+        return body()
+    except EvalClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; an evaluation resumes when run again with the same output", file=sys.stderr)
+        return 130

@@ -150,16 +150,19 @@ def expected_data_path(path: str | None, data_dir: Path) -> Path | None:
 
 
 def find_dataset_configs(pattern: str, data_dir: str | Path | None = None) -> list[DatasetConfigInfo]:
-    """Dataset configs whose name matches `pattern` (a name or shell glob, case-insensitive), like
+    """Dataset configs whose name contains `pattern` (or matches it as a shell glob; case-insensitive), like
     `ais_bench --search --datasets PATTERN`, with the data file each expects under `data_dir`.
 
     One entry per dataset dict (a config may define many); helper modules that define no `*_datasets` are
     skipped, and a config that fails to load is listed with its `error` (AISBench ships some, e.g. race_gen).
     """
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    pattern = pattern.lower()
+    if not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"  # a plain name finds every config containing it, as users search
     infos = []
     for name, path in _config_files():
-        if not fnmatch.fnmatch(name.lower(), pattern.lower()):
+        if not fnmatch.fnmatch(name.lower(), pattern):
             continue
         try:
             dicts = _dataset_dicts(path)

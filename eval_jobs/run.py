@@ -19,7 +19,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cluster.connection import ray_session
-from cluster.errors import ConfigError, EvalClusterError
+from cluster.errors import ConfigError, run_command
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
@@ -173,15 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="run directory (overrides eval.output)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        job = load_job_config(args.config, {"eval": {"output": args.output} if args.output else {}})
-        return exit_code(run_job(job))
-    except EvalClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    overrides = {"eval": {"output": args.output} if args.output else {}}
+    return run_command(lambda: exit_code(run_job(load_job_config(args.config, overrides))))
 
 
 if __name__ == "__main__":

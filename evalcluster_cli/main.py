@@ -14,7 +14,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig
 from cluster.configfile import load_section, load_yaml, merge, validate
-from cluster.errors import ConfigError, EvalClusterError
+from cluster.errors import ConfigError, run_command
 
 SEED_EXAMPLE = "evalcluster serve --model DIR --tensor-parallel-size 8 --platform ascend"
 
@@ -262,15 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return args.func(args)
-    except EvalClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Everything started was stopped on the way out; finished samples are on disk.
-        print("interrupted; an evaluation resumes when run again with the same output", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ async def read_json_body(request: Request, limit: int) -> tuple[bytes, dict[str,
     body = b"".join(chunks)
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the parser goes
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequestError(f"request body must be a JSON object, got {type(payload).__name__}")

