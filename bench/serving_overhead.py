@@ -11,7 +11,6 @@ jobs, thermal) falls on both sides alike.
 from __future__ import annotations
 
 from bench.common import QUICK, SMOLLM2, Result, local_ray, minimal_client, pct, report
-
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.endpoint import Endpoint
 
@@ -62,7 +61,10 @@ def main() -> None:
 
     total = REQUESTS * ROUNDS
     rate = {s: total / wall[s] for s in sides}
-    added = lambda values, q: (pct(values["endpoint"], q) - pct(values["bare"], q)) * 1000  # noqa: E731
+
+    def added(values: dict[str, list[float]], q: float) -> float:
+        return (pct(values["endpoint"], q) - pct(values["bare"], q)) * 1000
+
     bench = "serving_overhead"
     report([
         Result(bench, "bare engine throughput", rate["bare"], "req/s", note=f"{total} req, c={CONCURRENCY}"),

@@ -46,6 +46,9 @@ def connect(cfg: ClusterConfig) -> bool:
             ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
             return False
         ray.init(
+            # "local": a new instance even when `ray start` left /tmp/ray/ray_current_cluster behind, which a bare
+            # ray.init() would try to join.
+            address="local",
             num_cpus=cfg.num_cpus,
             resources=cfg.resources or None,
             include_dashboard=cfg.include_dashboard,
