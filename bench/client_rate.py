@@ -59,9 +59,11 @@ def main() -> None:
           f"({steady:.0f} once its actors run; {failed} failed)")
     note = f"{REQUESTS} requests, {CLIENTS} clients x {CONCURRENCY} in flight"
     report([
-        Result(bench, "minimal single-process rate", minimal, "req/s", note=note),
+        Result(bench, "minimal single-process rate", minimal, "req/s",
+               note=f"{REQUESTS} requests, {CLIENTS * CONCURRENCY} in flight, before/after average"),
         Result(bench, "evalcluster rate", rate, "req/s", note=note + (f", {failed} FAILED" if failed else "")),
         Result(bench, "evalcluster rate once actors run", steady, "req/s", note="first request sent to last answer"),
+        Result(bench, "evalcluster/minimal once actors run", steady / minimal),
         Result(bench, "evalcluster/ais_bench (quoted)", rate / AIS_BENCH_QUOTED,
                note=f"ais_bench ~{AIS_BENCH_QUOTED:.0f} req/s per process, quoted from facts.md, not measured"),
         Result(bench, "evalcluster/minimal", rate / minimal, note=note),

@@ -59,7 +59,7 @@ def main() -> int:
         rows = [json.loads(line) for line in results if line.strip()]
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    lines = [f"\n## {stamp}{' (quick smoke run)' if QUICK else ''}\n",
+    lines = [f"\n### {stamp}{' (quick smoke run)' if QUICK else ''}\n",
              f"Machine: {machine()}. Versions: {versions()}.\n",
              "| benchmark | metric | value | target | verdict | note |", "|---|---|---|---|---|---|"]
     for r in rows:

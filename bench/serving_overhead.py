@@ -10,7 +10,7 @@ jobs, thermal) falls on both sides alike.
 
 from __future__ import annotations
 
-from bench.common import QUICK, SMOLLM2, Result, local_ray, minimal_client, pct, report
+from bench.common import DTYPE, QUICK, SMOLLM2, Result, local_ray, minimal_client, pct, report
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.endpoint import Endpoint
 
@@ -33,7 +33,7 @@ def bodies(stream: bool) -> list[dict]:
 def main() -> None:
     engine = EngineConfig(platform="cpu", cpus_per_replica=1, omp_num_threads=1, startup_timeout_s=600)
     cfg = ServeConfig(port=0, engine=engine, models=[ModelConfig(
-        model=str(SMOLLM2), served_model_name=NAME, dtype="bfloat16", max_model_len=1024)])
+        model=str(SMOLLM2), served_model_name=NAME, dtype=DTYPE, max_model_len=1024)])
     with local_ray(num_cpus=4):
         ep = Endpoint(cfg)
         try:

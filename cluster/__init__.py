@@ -18,3 +18,6 @@ if _os.environ["RAY_AUTH_MODE"] == "token":
 if not _os.environ.get("RAY_ADDRESS"):
     _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts workers at niceness 15, but the Serve proxy, the ingress and the engine supervisors sit on every
+# request's path: on a small node the engine (at normal priority) would starve them.
+_os.environ.setdefault("RAY_worker_niceness", "0")

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5
 # How many times the driver restarts one client's run after the client actor died, before it gives up.
 MAX_CLIENT_RESTARTS = 3
+CLIENT_PREFIX = "eval-client-"
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,14 @@ def distribute(
     if not requests:
         return
     queue = WorkQueue.remote(requests, settings.lease_timeout_s())
-    # SPREAD: clients land on different nodes, so no one node's network carries every request.
-    clients = {f"client-{i}": EvalClient.options(scheduling_strategy="SPREAD").remote(f"client-{i}", settings)
-               for i in range(num_clients)}
+    run = uuid.uuid4().hex[:8]
+
+    def start_client(name: str, restart: int = 0):
+        # Named, so operators see them in `ray list actors`; SPREAD, so no one node's network carries every request.
+        actor_name = f"{CLIENT_PREFIX}{run}-{name}" + (f"-r{restart}" if restart else "")
+        return EvalClient.options(name=actor_name, scheduling_strategy="SPREAD").remote(name, settings)
+
+    clients = {f"client-{i}": start_client(f"client-{i}") for i in range(num_clients)}
     runs = {clients[name].run.remote(queue): name for name in clients}
     restarts: collections.Counter[str] = collections.Counter()
     try:
@@ -162,7 +169,7 @@ def distribute(
                     if restarts[name] > MAX_CLIENT_RESTARTS:
                         raise
                     ray.kill(clients[name])
-                clients[name] = EvalClient.options(scheduling_strategy="SPREAD").remote(name, settings)
+                    clients[name] = start_client(name, restarts[name])
                 runs[clients[name].run.remote(queue)] = name
             if not runs:
                 # Every client finished but samples remain: they were leased by a client that vanished silently.
