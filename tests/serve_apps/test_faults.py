@@ -1,0 +1,71 @@
+"""Faults on the serving side while an evaluation's clients are sending: the replica or the engine child dies,
+Serve replaces it, the clients' retries carry the samples over; 0 lost, 0 duplicated.
+
+The checkpoint is served by the simulated-latency engine (it restarts in seconds, so the retries' backoff covers
+the replacement); this test checks orchestration and makes no score.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import ray
+
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+from eval_jobs.work import ClientSettings, distribute
+from serve_apps.config import EngineConfig, ModelConfig
+from shared import API_KEY
+
+pytestmark = pytest.mark.engine  # the shared endpoint fixture serves vLLM engines
+
+
+def kill_replica(endpoint, name: str) -> None:
+    replica = next(n for n in ray.util.list_named_actors(all_namespaces=True)
+                   if n["name"].startswith(f"SERVE_REPLICA::engine:{name}#"))
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]))
+
+
+def kill_engine_child(endpoint, name: str) -> None:
+    guard = endpoint.engine_info(name)["pid"]
+    os.kill(int(subprocess.check_output(["pgrep", "-P", str(guard)]).split()[0]), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("fault", [kill_replica, kill_engine_child], ids=["replica", "engine-child"])
+def test_evaluation_survives_a_dying_replica_or_engine(endpoint, fault):
+    name = f"sim-fault-{fault.__name__}"
+    engine = EngineConfig(kind="sim", sim_ttft_s=0.05, sim_tpot_s=0.02, sim_output_tokens=8, cpus_per_replica=0,
+                          health_check_period_s=1, health_timeout_s=2)
+    endpoint.add_models([ModelConfig(model=f"/ckpt/{name}")], engine=engine)
+    try:
+        requests = [SampleRequest(key=SampleKey(name, "d", i, 0), endpoint=endpoint.url,
+                                  body={"model": name, "messages": [{"role": "user", "content": f"q{i}"}]})
+                    for i in range(120)]
+        settings = ClientSettings(concurrency=4, lease_size=2, timeout_s=30, max_retries=6, backoff_s=0.5,
+                                  api_key=API_KEY)
+        results: list[SampleResult] = []
+        lock = threading.Lock()
+
+        def collect(batch: list[SampleResult]) -> None:
+            with lock:
+                results.extend(batch)
+
+        runner = threading.Thread(target=distribute, args=(requests, settings, 2, collect))
+        runner.start()
+        deadline = time.monotonic() + 120
+        while len(results) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fault(endpoint, name)
+        runner.join(timeout=300)
+        assert not runner.is_alive()
+    finally:
+        endpoint.remove_model(name)
+    keys = [r.key for r in results]
+    assert len(keys) == len(set(keys)) == 120
+    failed = [r.error for r in results if r.status != "ok"]
+    assert not failed, failed[:3]
+    assert max(r.attempts for r in results) > 1  # the fault was felt, and retried through
