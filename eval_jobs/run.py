@@ -88,12 +88,12 @@ def endpoint_for(job: JobConfig) -> Iterator[tuple[str, list[str], bool]]:
         return
     from serve_apps.endpoint import Endpoint
 
+    names = [m.name for m in job.serve.models]
+    unknown = sorted(set(job.eval.models) - set(names))
+    if unknown:
+        raise ConfigError(f"eval.models: {unknown} are not among serve.models {names}")
     endpoint = Endpoint(job.serve).start()
     try:
-        names = [m.name for m in job.serve.models]
-        unknown = sorted(set(job.eval.models) - set(names))
-        if unknown:
-            raise ConfigError(f"eval.models: {unknown} are not among serve.models {names}")
         yield endpoint.url, job.eval.models or names, job.serve.engine.kind == "sim"
     finally:
         for model in job.serve.models:

@@ -131,7 +131,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     })  # fmt: skip
     if generation:
         eval_fields["generation"] = generation
-    overrides = {"eval": eval_fields, "serve": serve_overrides(args, with_endpoint=False)}
+    serve = serve_overrides(args, with_endpoint=False)
+    if args.model_dirs:
+        serve["port"] = 0  # the job's own endpoint: any free port, so it never collides with a running server
+    overrides = {"eval": eval_fields, "serve": serve}
     if args.address:
         overrides["cluster"] = {"address": args.address}
     job = load_job_config(args.config, overrides)
