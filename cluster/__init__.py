@@ -10,11 +10,11 @@ Usage statistics are off: nothing leaves the machine.
 
 import os as _os
 
-from cluster.paths import evalcluster_home as _home
+from cluster.paths import default_auth_token_path as _default_token_path
 
 _os.environ.setdefault("RAY_AUTH_MODE", "token")
 if _os.environ["RAY_AUTH_MODE"] == "token":
-    _os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(_home() / "ray" / "auth_token"))
+    _os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(_default_token_path()))
 if not _os.environ.get("RAY_ADDRESS"):
     _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterConnectionError
-from cluster.paths import evalcluster_home
+from cluster.paths import default_auth_token_path
 
 log = logging.getLogger(__name__)
 
 
 def auth_token_path() -> Path:
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or evalcluster_home() / "ray" / "auth_token")
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or default_auth_token_path())
 
 
 def ensure_auth_token() -> Path:

@@ -15,3 +15,8 @@ def evalcluster_home() -> Path:
 
 def models_dir() -> Path:
     return evalcluster_home() / "models"
+
+
+def default_auth_token_path() -> Path:
+    """Where Ray's auth token lives unless RAY_AUTH_TOKEN_PATH names another file."""
+    return evalcluster_home() / "ray" / "auth_token"

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from ray import serve
 
+from cluster.planner import replica_needs
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.engine_process import launch_engine
 from serve_apps.errors import EngineUnavailableError
@@ -17,14 +18,15 @@ log = logging.getLogger("ray.serve")
 
 
 def replica_resources(model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
-    """Ray actor options for one replica: every device of its engine, on one node (an actor never spans nodes)."""
-    tp = model.tensor_parallel_size
-    options: dict[str, Any] = {"num_cpus": engine.cpus_per_replica}
-    if engine.platform == "ascend":
-        # Ray sets ASCEND_RT_VISIBLE_DEVICES for the replica; the engine child inherits it.
-        options["resources"] = {"NPU": tp}
-    elif engine.platform == "cuda":
-        options["num_gpus"] = tp
+    """Ray actor options for one replica: the planner's `replica_needs` (every device of its engine, on one node,
+    as an actor never spans nodes) spelled as Ray wants them. On ascend Ray sets ASCEND_RT_VISIBLE_DEVICES for the
+    replica; the engine child inherits it."""
+    needs = dict(replica_needs(engine.platform, model.tensor_parallel_size, engine.cpus_per_replica).resources)
+    options: dict[str, Any] = {"num_cpus": needs.pop("CPU", 0.0)}
+    if "GPU" in needs:
+        options["num_gpus"] = needs.pop("GPU")
+    if needs:
+        options["resources"] = needs
     return options
 
 
