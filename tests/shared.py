@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from eval_jobs.records import SampleRequest, SampleResult
+from eval_jobs.work import ClientSettings, distribute
 from serve_apps.config import ModelConfig
 
 API_KEY = "test-key-0123"
@@ -19,3 +24,28 @@ def tiny_models(tiny_model: Path, *names: str) -> list[ModelConfig]:
     # float32: greedy answers through the endpoint and straight from the engine must match token for token.
     return [ModelConfig(model=str(tiny_model), served_model_name=name, dtype="float32",
                         max_model_len=MAX_MODEL_LEN) for name in names]
+
+
+def distribute_with_fault(
+    requests: list[SampleRequest], settings: ClientSettings, fault: Callable[[], None], *, after: int
+) -> list[SampleResult]:
+    """Run `requests` through 2 client actors and call `fault()` once `after` results are in (mid-run: requests
+    are in flight and leases held); return every result once the run ends."""
+    results: list[SampleResult] = []
+    lock = threading.Lock()
+
+    def collect(batch: list[SampleResult]) -> None:
+        with lock:
+            results.extend(batch)
+
+    runner = threading.Thread(target=distribute, args=(requests, settings, 2, collect))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while len(results) < after and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        fault()
+    finally:
+        runner.join(timeout=300)
+    assert not runner.is_alive(), "the run did not end after the fault"
+    return results

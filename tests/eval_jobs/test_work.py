@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 import ray
 
-from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.work import CLIENT_PREFIX, ClientSettings, distribute
+from eval_jobs.records import SampleKey, SampleRequest
+from eval_jobs.work import CLIENT_PREFIX, ClientSettings
 from serve_apps.engine_process import free_port
+from shared import distribute_with_fault
 
 
 @pytest.fixture
@@ -48,24 +48,13 @@ def test_killed_client_actor_gives_its_samples_back(ray_cluster, sim_server):
                               body={"model": "sim", "messages": [{"role": "user", "content": f"q{i}"}]})
                 for i in range(80)]
     settings = ClientSettings(concurrency=4, lease_size=2, timeout_s=30, max_retries=1, backoff_s=0.1)
-    results: list[SampleResult] = []
-    lock = threading.Lock()
 
-    def collect(batch: list[SampleResult]) -> None:
-        with lock:
-            results.extend(batch)
+    def kill_a_client() -> None:
+        victims = [name for name in ray.util.list_named_actors() if name.startswith(CLIENT_PREFIX)]
+        assert len(victims) == 2
+        ray.kill(ray.get_actor(victims[0]))  # mid-run: it holds leases and requests in flight
 
-    runner = threading.Thread(target=distribute, args=(requests, settings, 2, collect))
-    runner.start()
-    deadline = time.monotonic() + 120
-    while len(results) < 15 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    victims = [name for name in ray.util.list_named_actors() if name.startswith(CLIENT_PREFIX)]
-    assert len(victims) == 2
-    ray.kill(ray.get_actor(victims[0]))  # mid-run: it holds leases and requests in flight
-    runner.join(timeout=300)
-    assert not runner.is_alive()
-
+    results = distribute_with_fault(requests, settings, kill_a_client, after=15)
     keys = [r.key for r in results]
     assert len(keys) == len(set(keys)) == 80  # 0 lost, 0 duplicated
     assert all(r.status == "ok" for r in results)

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
-import time
 
 import pytest
 import ray
 
-from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.work import ClientSettings, distribute
+from eval_jobs.records import SampleKey, SampleRequest
+from eval_jobs.work import ClientSettings
 from serve_apps.config import EngineConfig, ModelConfig
-from shared import API_KEY
+from shared import API_KEY, distribute_with_fault
 
 pytestmark = pytest.mark.engine  # the shared endpoint fixture serves vLLM engines
 
@@ -47,21 +45,7 @@ def test_evaluation_survives_a_dying_replica_or_engine(endpoint, fault):
                     for i in range(120)]
         settings = ClientSettings(concurrency=4, lease_size=2, timeout_s=30, max_retries=6, backoff_s=0.5,
                                   api_key=API_KEY)
-        results: list[SampleResult] = []
-        lock = threading.Lock()
-
-        def collect(batch: list[SampleResult]) -> None:
-            with lock:
-                results.extend(batch)
-
-        runner = threading.Thread(target=distribute, args=(requests, settings, 2, collect))
-        runner.start()
-        deadline = time.monotonic() + 120
-        while len(results) < 20 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        fault(endpoint, name)
-        runner.join(timeout=300)
-        assert not runner.is_alive()
+        results = distribute_with_fault(requests, settings, lambda: fault(endpoint, name), after=20)
     finally:
         endpoint.remove_model(name)
     keys = [r.key for r in results]
