@@ -20,4 +20,8 @@ class ClusterConfig(StrictModel):
     include_dashboard: bool = Field(
         False, description="Embedded Ray only: start the dashboard (needed for `ray job submit`; ~200 MB)."
     )
+    node_ip_address: str | None = Field(
+        None, description="Joining only: this machine's address as the cluster knows it. Needed on a machine that "
+        "hosts simulated nodes, whose driver sits on the head's loopback address (127.0.0.2).",
+    )
     namespace: str = Field("evalcluster", description="Ray namespace of evalcluster's named actors and apps.")

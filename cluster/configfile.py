@@ -60,6 +60,19 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_config(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None = None) -> M:
+    """Read and validate a config file of sections (None: flags only); `overrides` (section → fields, as CLI
+    flags give them) win over the file."""
+    data = load_yaml(path) if path else {}
+    for section, fields in (overrides or {}).items():
+        if fields:
+            current = data.get(section) or {}
+            if not isinstance(current, dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping, got {type(current).__name__}")
+            data[section] = merge(current, fields)
+    return validate(model, data, source=str(path or "command line"))
+
+
 def load_section(path: str | Path, section: str, model: type[M]) -> M:
     """Load one top-level section of a YAML file (missing section → the model's defaults)."""
     data = load_yaml(path)

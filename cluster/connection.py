@@ -43,7 +43,8 @@ def connect(cfg: ClusterConfig) -> bool:
     try:
         if address:
             # Jobs submitted with `ray job submit` land here with RAY_ADDRESS set by the job supervisor.
-            ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
+            node_ip = {"_node_ip_address": cfg.node_ip_address} if cfg.node_ip_address else {}
+            ray.init(address=address, namespace=cfg.namespace, log_to_driver=False, **node_ip)
             return False
         ray.init(
             # "local": a new instance even when `ray start` left /tmp/ray/ray_current_cluster behind, which a bare

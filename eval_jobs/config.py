@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import Field, SecretStr, model_validator
 
 from cluster.config import ClusterConfig
-from cluster.configfile import StrictModel, load_yaml, merge, validate
-from cluster.errors import ConfigError
+from cluster.configfile import StrictModel, load_config
 from serve_apps.config import ServeConfig
 
 
@@ -96,13 +95,6 @@ class JobConfig(StrictModel):
         return self
 
 
-def load_job_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+def load_job_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a job YAML; `overrides` (section → fields, as the CLI flags give them) win over the file."""
-    data = load_yaml(path) if path else {}
-    for section, fields in (overrides or {}).items():
-        if fields:
-            current = data.get(section) or {}
-            if not isinstance(current, dict):
-                raise ConfigError(f"{path}: section '{section}' must be a mapping, got {type(current).__name__}")
-            data[section] = merge(current, fields)
-    return validate(JobConfig, data, source=str(path or "command line"))
+    return load_config(JobConfig, path, overrides)

@@ -157,8 +157,8 @@ def write_report(
         samples = samples.assign(simulated=True)
     table = summary_table(summary, perf_frame(samples), simulated)
 
-    _write_atomic(run_dir.samples_parquet, _parquet_bytes(samples))
-    _write_atomic(run_dir.summary_csv, table.to_csv(index=False).encode())
+    write_atomic(run_dir.samples_parquet, _parquet_bytes(samples))
+    write_atomic(run_dir.summary_csv, table.to_csv(index=False).encode())
 
     plots: dict[str, bytes] = {}
     if not simulated and "value" in table and table["value"].notna().any():
@@ -168,7 +168,7 @@ def write_report(
     for name in ("scores", "latency"):
         path = run_dir.plots_dir / f"{name}.png"
         if name in plots:
-            _write_atomic(path, plots[name])
+            write_atomic(path, plots[name])
         else:
             path.unlink(missing_ok=True)  # a stale plot from an earlier report of this run must not linger
 
@@ -177,8 +177,8 @@ def write_report(
     for heading, frame in sections.items():
         md += [f"## {heading}", "", markdown_table(frame), ""]
     md += [f"![{name}](plots/{name}.png)" for name in plots]
-    _write_atomic(run_dir.summary_md, ("\n".join(md) + "\n").encode())
-    _write_atomic(run_dir.summary_html, _html_page(title, sections, plots, simulated).encode())
+    write_atomic(run_dir.summary_md, ("\n".join(md) + "\n").encode())
+    write_atomic(run_dir.summary_html, html_page(title, sections, plots, simulated).encode())
 
     if config is not None:
         write_config(run_dir, config)
@@ -190,7 +190,7 @@ def write_config(run_dir: RunDir, config: Mapping[str, Any] | BaseModel) -> Path
     """Record the run's config as YAML, secrets (api keys, tokens, passwords) redacted."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     data = json.loads(json.dumps(data, default=str))  # Paths, enums etc. → plain YAML scalars
-    _write_atomic(run_dir.config_yaml, yaml.safe_dump(_redact(data), sort_keys=False).encode())
+    write_atomic(run_dir.config_yaml, yaml.safe_dump(_redact(data), sort_keys=False).encode())
     return run_dir.config_yaml
 
 
@@ -213,7 +213,7 @@ def library_versions(engine_info: Mapping[str, Any] | None = None) -> dict[str, 
 def write_versions(run_dir: RunDir, engine_info: Mapping[str, Any] | None = None) -> Path:
     """Write `library_versions(engine_info)` to versions.json."""
     text = json.dumps(library_versions(engine_info), indent=2, default=str) + "\n"
-    _write_atomic(run_dir.versions_json, text.encode())
+    write_atomic(run_dir.versions_json, text.encode())
     return run_dir.versions_json
 
 
@@ -305,13 +305,13 @@ def _parquet_bytes(samples: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _png_bytes(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, then rename: readers never see half a report file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -350,7 +350,7 @@ def _scores_png(table: pd.DataFrame) -> bytes:
     ax.set_xlim(0, max(1.0, float(np.nanmax(np.append(high, value))) * 1.05))
     ax.set_xlabel("score (error bars: confidence interval)")
     ax.set_title("Scores")
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _latency_png(samples: pd.DataFrame) -> bytes:
@@ -374,7 +374,7 @@ def _latency_png(samples: pd.DataFrame) -> bytes:
         if len(groups) <= 12:
             ax.legend(fontsize=7)
     fig.suptitle("Latency distributions")
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 _CSS = """
@@ -388,8 +388,9 @@ img { max-width: 100%; }
 """
 
 
-def _html_page(
-    title: str, sections: Mapping[str, pd.DataFrame], plots: Mapping[str, bytes], simulated: bool
+def html_page(
+    title: str, sections: Mapping[str, pd.DataFrame], plots: Mapping[str, bytes], simulated: bool,
+    intro: str = "",
 ) -> str:
     """One self-contained page: inline CSS, the tables, plots as base64 PNGs."""
     parts = [
@@ -400,6 +401,8 @@ def _html_page(
         parts.append(f"<div class='simulated'>{html.escape(SIMULATED_BANNER)}</div>")
     parts.append(f"<h1>{html.escape(title)}</h1>")
     parts.append(f"<p>Written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
+    if intro:
+        parts.append(f"<p>{html.escape(intro)}</p>")
     for heading, frame in sections.items():
         parts.append(f"<h2>{heading}</h2>")
         parts.append(frame.to_html(index=False, border=0, na_rep="", float_format=format_cell))

@@ -49,6 +49,14 @@ def build_requests(
     return requests
 
 
+def client_settings(cfg: EvalConfig) -> ClientSettings:
+    return ClientSettings(
+        concurrency=cfg.concurrency, lease_size=cfg.lease_size, timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+        api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+    )
+
+
 def served_models(endpoint: str, api_key: str | None) -> list[str]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
@@ -117,17 +125,12 @@ def run_job(job: JobConfig) -> pd.DataFrame:
         todo = [r for r in requests if r.key not in finished]
         log.info("%d samples, %d already finished, %d to send to %s", len(requests), len(requests) - len(todo),
                  len(todo), endpoint)
-        settings = ClientSettings(
-            concurrency=cfg.concurrency, lease_size=cfg.lease_size, timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
-            api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
-        )
         with progress_bar(len(requests), len(requests) - len(todo)) as on_results:
             def record(results: list[SampleResult]) -> None:
                 store.append(results)  # durable first; only then does a sample count
                 on_results(results)
 
-            distribute(todo, settings, cfg.clients, record)
+            distribute(todo, client_settings(cfg), cfg.clients, record)
 
     keys = {r.key for r in requests}
     records = [r for r in store.load() if r.key in keys]

@@ -62,16 +62,9 @@ class EngineConfig(StrictModel):
         return str(local) if local.exists() else "python3"
 
 
-class ModelConfig(StrictModel):
-    """One served checkpoint: the seed's `api_server` flags."""
+class ServingSettings(StrictModel):
+    """How one checkpoint is served: the seed's `api_server` flags, without the checkpoint itself."""
 
-    model: str = Field(
-        description="Checkpoint directory (HF layout: config.json, tokenizer, safetensors), or the name of a model "
-        "evalcluster ships (smollm2-135m-instruct, tiny-qwen2; see `evalcluster models`)."
-    )
-    served_model_name: str | None = Field(
-        None, description="Name clients put in `model`; default: the checkpoint directory's name."
-    )
     tensor_parallel_size: int = Field(1, ge=1, description="Devices one replica holds, all on one node.")
     num_replicas: int = Field(1, ge=1, description="Engine replicas of this checkpoint.")
     max_model_len: int | None = Field(None, ge=1, description="Context length; default: the model's own.")
@@ -81,6 +74,18 @@ class ModelConfig(StrictModel):
     engine_args: dict[str, EngineArgValue] = Field(
         default_factory=dict,
         description="Extra engine flags, e.g. {enforce-eager: true, max-num-seqs: 64}; true → bare flag, false → omitted.",
+    )
+
+
+class ModelConfig(ServingSettings):
+    """One served checkpoint."""
+
+    model: str = Field(
+        description="Checkpoint directory (HF layout: config.json, tokenizer, safetensors), or the name of a model "
+        "evalcluster ships (smollm2-135m-instruct, tiny-qwen2; see `evalcluster models`)."
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients put in `model`; default: the checkpoint directory's name."
     )
 
     @property

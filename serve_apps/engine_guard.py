@@ -25,7 +25,7 @@ def _end_group(engine: subprocess.Popen, code: int) -> None:
     try:
         os.killpg(0, signal.SIGTERM)
         deadline = time.monotonic() + GRACE_S
-        while engine.poll() is None and time.monotonic() < deadline:
+        while not _exited(engine) and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)  # the engine's own children exit right after it
     finally:
@@ -33,6 +33,16 @@ def _end_group(engine: subprocess.Popen, code: int) -> None:
         if _others_left():
             os.killpg(0, signal.SIGKILL)
         os._exit(code)
+
+
+def _exited(engine: subprocess.Popen) -> bool:
+    """Whether the engine has exited. Not `engine.poll()`: this runs in a signal handler that may have interrupted
+    `engine.wait()`, which holds the Popen's lock, and poll() then answers None until the lock is free."""
+    try:
+        pid, _ = os.waitpid(engine.pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # reaped already
+    return pid != 0
 
 
 def _others_left() -> bool:

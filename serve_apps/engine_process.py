@@ -182,9 +182,12 @@ class EngineProcess:
     def stop(self, grace_s: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        # TERM to the guard alone: it passes one TERM to its group (a second one, sent to the group directly, hits
+        # servers in the middle of their graceful shutdown and aiohttp then hangs until the guard's KILL). KILL to
+        # the whole group: vLLM's engine core and workers too.
+        for kill, sig, wait_s in ((os.kill, signal.SIGTERM, grace_s), (os.killpg, signal.SIGKILL, 5.0)):
             try:
-                os.killpg(self.proc.pid, sig)  # the whole group: vLLM's engine core and workers too
+                kill(self.proc.pid, sig)
             except ProcessLookupError:
                 return
             try:

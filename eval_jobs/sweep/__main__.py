@@ -1,0 +1,5 @@
+import sys
+
+from eval_jobs.sweep.run import main
+
+sys.exit(main())

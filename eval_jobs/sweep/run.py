@@ -1,0 +1,102 @@
+"""`python -m eval_jobs.sweep CONFIG.yaml [--watch DIR]`: evaluate many checkpoints, the same locally and under
+`ray job submit`.
+
+config → checkpoints (discover, convert) → cluster (connect) → serve (the shared endpoint; checkpoints deployed
+and retired by the scheduler) → eval (per checkpoint, queue + client actors, one durable store for the sweep) →
+report (per-checkpoint summary plus the sweep's curve, comparisons and learning curves). Running again on the
+same output directory resumes: finished checkpoints are not deployed again, finished samples never re-sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cluster.connection import ray_session
+from cluster.errors import run_command
+from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.report import print_summary, samples_frame, write_config, write_report
+from eval_jobs.run import output_dir, score
+from eval_jobs.scoring import summarize
+from eval_jobs.store import RunDir, SampleStore
+from eval_jobs.sweep.checkpoints import Watcher, discover
+from eval_jobs.sweep.config import SweepJobConfig, load_sweep_config
+from eval_jobs.sweep.report import checkpoint_order, write_sweep_report
+from eval_jobs.sweep.scheduler import EventLog, Sweep
+
+log = logging.getLogger("evalcluster.sweep")
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame  # the checkpoint × dataset table (simulated: the performance table)
+    failed: dict[str, str] = field(default_factory=dict)  # checkpoint → why it could not be evaluated
+    failed_samples: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.failed_samples else 0
+
+
+def run_sweep(job: SweepJobConfig) -> SweepResult:
+    """Run (or resume) a sweep; returns once every checkpoint is evaluated (with `sweep.watch`: once idle)."""
+    if job.serve.api_key and not job.eval.api_key:
+        job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
+    datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir)}
+    checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
+    mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
+    watcher = (Watcher(Path(job.sweep.watch).expanduser(), job.sweep.settle_s,
+                       strategy=Path(mindrlhf.strategy) if mindrlhf else None) if job.sweep.watch else None)
+    sweep_dir = RunDir(output_dir(job.eval.output)).create()
+    write_config(sweep_dir, job)
+    store = SampleStore(sweep_dir.samples_jsonl)
+    events = EventLog(sweep_dir.root / "events.jsonl")
+    simulated = job.serve.engine.kind == "sim"
+
+    def report() -> pd.DataFrame:
+        return write_reports(sweep_dir, job, store, datasets, sweep.checkpoints, simulated)
+
+    with ray_session(job.cluster):
+        from serve_apps.endpoint import Endpoint
+
+        endpoint = Endpoint(job.serve).start()
+        sweep = Sweep(job, endpoint, list(datasets.values()), store, events, on_retired=report)
+        sweep.run(checkpoints, watcher)
+    table = report()
+    print_summary(table, simulated=simulated)
+    print(f"sweep report: {(sweep_dir.root / ('summary.html' if simulated else 'sweep.html')).resolve()}")
+    records = [r for r in store.load() if r.model in sweep.checkpoints]
+    return SweepResult(table, dict(sweep.failed), sum(r.status != "ok" for r in records))
+
+
+def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, datasets: dict[str, EvalDataset],
+                  checkpoints: dict[str, int | None], simulated: bool) -> pd.DataFrame:
+    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*)."""
+    records = [r for r in store.load() if r.model in checkpoints]
+    if not records:
+        return pd.DataFrame()
+    if simulated:
+        return write_report(sweep_dir, samples_frame(records), None, simulated=True, config=job,
+                            title="evalcluster sweep (simulated engines)")
+    frame = score(records, datasets)
+    summary = summarize(frame, job.eval.k)
+    write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
+    order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
+    return write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval_jobs.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="sweep YAML with cluster:, serve:, eval: and sweep: sections")
+    parser.add_argument("--watch", metavar="DIR", help="keep evaluating new checkpoints written to DIR")
+    parser.add_argument("--output", help="sweep directory (overrides eval.output)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = {"eval": {"output": args.output} if args.output else {},
+                 "sweep": {"watch": args.watch} if args.watch else {}}
+    return run_command(lambda: run_sweep(load_sweep_config(args.config, overrides)).exit_code)

@@ -1,0 +1,273 @@
+"""Packing checkpoint deployments into the cluster's device budget, evaluating each as soon as it is up.
+
+Each checkpoint goes through: (convert, a CPU Ray task started as soon as it is found) → wait for room → deploy on
+the shared endpoint → evaluate (the same queue and client actors as `eval_jobs.run`) → retire. The driver reads what is
+free once, at the start, and from then on keeps its own ledger of what its deployments hold, per node: Ray reserves
+a replica's devices only once the replica is scheduled, so reading Ray's free resources right after a deploy would
+count the same devices twice. Placement is first fit in step order with backfill: when the next checkpoint does
+not fit yet, a later, smaller one that does goes first.
+
+Everything that happens is appended to the sweep directory's `events.jsonl` (found, converted, deploy, ready,
+retired, failed, skipped), the record of what ran when.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.planner import NodeCapacity, ReplicaNeeds, check_feasible, fits, live_nodes, replica_needs
+from eval_jobs.datasets import EvalDataset
+from eval_jobs.records import SampleKey, SampleResult
+from eval_jobs.run import build_requests, client_settings
+from eval_jobs.store import SampleStore
+from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
+from eval_jobs.sweep.config import SweepJobConfig
+from eval_jobs.sweep.convert import convert_remote
+from eval_jobs.work import distribute
+from serve_apps.config import EngineConfig, ModelConfig
+from serve_apps.endpoint import Endpoint
+
+log = logging.getLogger("evalcluster.sweep")
+
+
+class EventLog:
+    """Append-only JSON lines: one object per event, flushed at once (the sweep's timeline, read by tests)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, event: str, checkpoint: str, **fields: Any) -> None:
+        line = json.dumps({"t": time.time(), "event": event, "checkpoint": checkpoint, **fields}, default=str)
+        with self._lock, self.path.open("a") as f:
+            f.write(line + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Planned:
+    """A checkpoint with everything needed to deploy it."""
+
+    checkpoint: Checkpoint
+    engine: EngineConfig
+    needs: ReplicaNeeds
+    num_replicas: int
+    conversion: Any = None  # ObjectRef of the conversion task, None for an HF directory
+    model_dir: Path | None = None
+
+
+@dataclass
+class Ledger:
+    """What the sweep's own deployments hold, per node, out of the nodes' totals."""
+
+    free: dict[str, dict[str, float]]
+    held: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, nodes: Sequence[NodeCapacity]) -> Ledger:
+        return cls({n.node_id: dict(n.available) for n in nodes})
+
+    def reserve(self, name: str, needs: ReplicaNeeds, replicas: int) -> list[str] | None:
+        """First fit for every replica, or nothing (None) when they don't all fit now."""
+        trial = {node: dict(res) for node, res in self.free.items()}
+        placed = []
+        for _ in range(replicas):
+            node = next((n for n, res in trial.items() if fits(needs.resources, res)), None)
+            if node is None:
+                return None
+            for key, value in needs.resources.items():
+                trial[node][key] = trial[node].get(key, 0.0) - value
+            placed.append(node)
+        self.free = trial
+        self.held[name] = [(node, dict(needs.resources)) for node in placed]
+        return placed
+
+    def release(self, name: str) -> None:
+        for node, resources in self.held.pop(name, []):
+            for key, value in resources.items():
+                self.free[node][key] = self.free[node].get(key, 0.0) + value
+
+
+class Sweep:
+    """Runs one sweep on the connected cluster against `endpoint` (already started)."""
+
+    def __init__(self, job: SweepJobConfig, endpoint: Endpoint, datasets: Sequence[EvalDataset],
+                 store: SampleStore, events: EventLog, on_retired: Callable[[], None] | None = None) -> None:
+        self.job = job
+        self.endpoint = endpoint
+        self.datasets = list(datasets)
+        self.store = store
+        self.events = events
+        self.on_retired = on_retired or (lambda: None)
+        self.failed: dict[str, str] = {}
+        self.checkpoints: dict[str, int | None] = {}  # every checkpoint planned: name → step
+        self._store_lock = threading.Lock()
+        self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
+
+    # -- planning --------------------------------------------------------------------------------------------
+
+    def plan(self, checkpoint: Checkpoint, nodes: Sequence[NodeCapacity]) -> Planned:
+        engine = self.job.serve.engine
+        if checkpoint.platform and checkpoint.platform != engine.platform:
+            engine = engine.model_copy(update={"platform": checkpoint.platform})
+        tp = checkpoint.tensor_parallel_size or self.job.sweep.serving.tensor_parallel_size
+        needs = replica_needs(engine.platform, tp, engine.cpus_per_replica)
+        replicas = self.job.sweep.serving.num_replicas
+        check_feasible(checkpoint.name, needs, replicas, nodes)
+        self.checkpoints[checkpoint.name] = checkpoint.step
+        return Planned(checkpoint, engine, needs, replicas,
+                       model_dir=None if checkpoint.needs_conversion else checkpoint.source)
+
+    def model_config(self, planned: Planned) -> ModelConfig:
+        serving = self.job.sweep.serving.model_dump()
+        if planned.checkpoint.tensor_parallel_size:
+            serving["tensor_parallel_size"] = planned.checkpoint.tensor_parallel_size
+        return ModelConfig(model=str(planned.model_dir), served_model_name=planned.checkpoint.name, **serving)
+
+    def keys_of(self, name: str) -> set[SampleKey]:
+        return {r.key for r in build_requests(self.job.eval, "", [name], self.datasets)}
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def run(self, checkpoints: Sequence[Checkpoint], watcher: Watcher | None = None) -> None:
+        """Evaluate every checkpoint (and, with a watcher, every new one) and return when all are done.
+
+        Checkpoints no node could ever hold fail before anything is deployed. One checkpoint's failure (its
+        conversion or its engine) is recorded and the others go on.
+        """
+        nodes = live_nodes()
+        planned = [self.plan(c, nodes) for c in checkpoints]  # infeasible: raises here, nothing deployed yet
+        self._remove_leftovers(planned)
+        # The budget is what is free now (other apps keep theirs); from here on the ledger tracks the sweep's own.
+        ledger = Ledger.of(live_nodes())
+        finished = self.store.finished_keys()
+        pending: list[Planned] = []
+        for p in planned:
+            self._enqueue(p, finished, pending)
+        if watcher:
+            watcher.mark_known(c.name for c in checkpoints)
+        active: dict[concurrent.futures.Future, Planned] = {}
+        max_active = self.job.sweep.max_concurrent or len(nodes) * 64
+        last_activity = time.monotonic()
+        next_scan = 0.0
+        with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="sweep") as pool:
+            while True:
+                if watcher and time.monotonic() >= next_scan:
+                    next_scan = time.monotonic() + self.job.sweep.poll_s
+                    for c in watcher.poll():
+                        last_activity = time.monotonic()
+                        self.events.write("found", c.name, source=str(c.source), step=c.step)
+                        try:
+                            self._enqueue(self.plan(c, nodes), finished, pending)
+                        except Exception as exc:  # an infeasible checkpoint found later: fail it, go on
+                            self._fail(c.name, exc)
+                for p in list(pending):
+                    if len(active) >= max_active:
+                        break
+                    state = self._conversion_state(p)
+                    if state == "failed":
+                        pending.remove(p)
+                    if state != "done":
+                        continue
+                    placed = ledger.reserve(p.checkpoint.name, p.needs, p.num_replicas)
+                    if placed is None:
+                        continue  # no room yet; a later, smaller checkpoint may still fit (backfill)
+                    pending.remove(p)
+                    self.events.write("deploy", p.checkpoint.name, devices=p.needs.device_count * p.num_replicas,
+                                      device_key=p.needs.device_key, nodes=placed)
+                    active[pool.submit(self._evaluate, p)] = p
+                if not active and not pending:
+                    idle = self.job.sweep.idle_timeout_s
+                    if watcher is None or (idle is not None and time.monotonic() - last_activity >= idle):
+                        return
+                done, _ = concurrent.futures.wait(list(active), timeout=0.5,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    p = active.pop(future)
+                    ledger.release(p.checkpoint.name)
+                    last_activity = time.monotonic()
+                    try:
+                        future.result()
+                    except Exception as exc:
+                        self._fail(p.checkpoint.name, exc)
+                    self.on_retired()
+
+    def _remove_leftovers(self, planned: Sequence[Planned]) -> None:
+        """Deployments of these checkpoints left by a sweep that was killed: retire them, so their devices count
+        as free and nothing holds them forever (the killed sweep cannot)."""
+        ours = {p.checkpoint.name for p in planned}
+        for name in sorted(ours & set(self.endpoint.served_models())):
+            log.info("%s: retiring the deployment a previous run left behind", name)
+            self.endpoint.remove_model(name)
+            self.events.write("retired", name, reason="left behind by a previous run")
+
+    def _enqueue(self, p: Planned, finished: set[SampleKey], pending: list[Planned]) -> None:
+        name = p.checkpoint.name
+        if self.keys_of(name) <= finished:
+            self.events.write("skipped", name, reason="every sample already evaluated")
+            return
+        if p.checkpoint.needs_conversion:
+            p.conversion = convert_remote(p.checkpoint, Path(self.job.sweep.base), self.job.sweep.cache_dir())
+        pending.append(p)
+
+    def _conversion_state(self, p: Planned) -> str:
+        """"done" once `p` has a model directory, "waiting" while its conversion runs, "failed" (recorded) if it
+        raised."""
+        if p.model_dir is not None:
+            return "done"
+        ready, _ = ray.wait([p.conversion], timeout=0)
+        if not ready:
+            return "waiting"
+        try:
+            p.model_dir = Path(ray.get(p.conversion))
+        except Exception as exc:
+            self._fail(p.checkpoint.name, exc)
+            return "failed"
+        self.events.write("converted", p.checkpoint.name, model_dir=str(p.model_dir))
+        return "done"
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.failed[name] = reason
+        self.events.write("failed", name, reason=reason)
+        log.error("%s failed: %s", name, reason)
+
+    # -- one checkpoint, in a worker thread --------------------------------------------------------------------
+
+    def _evaluate(self, p: Planned) -> None:
+        name = p.checkpoint.name
+        model = self.model_config(p)
+        try:
+            with self._serve_lock:
+                self.endpoint.add_models([model], engine=p.engine, wait=False)
+            self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60)
+            self.events.write("ready", name)
+            requests = build_requests(self.job.eval, self.endpoint.url, [name], self.datasets)
+            finished = self.store.finished_keys()
+            todo = [r for r in requests if r.key not in finished]
+            log.info("%s: ready; %d of %d samples to send", name, len(todo), len(requests))
+            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record)
+        finally:
+            with self._serve_lock:
+                self.endpoint.remove_model(name)
+            self.events.write("retired", name)
+            log.info("%s: retired", name)
+
+    def _record(self, results: list[SampleResult]) -> None:
+        with self._store_lock:
+            self.store.append(results)  # durable before it counts, as in eval_jobs.run
+
