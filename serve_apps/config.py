@@ -97,11 +97,7 @@ class ModelConfig(ServingSettings):
     def _shipped_model_name(cls, value: str) -> str:
         from serve_apps import models
 
-        # A bare shipped name resolves to its prepared directory under the data dir, so configs stay portable
-        # (`ray job submit` uploads the repo without the git-ignored data dir).
-        if value in models.MODEL_NAMES and not Path(value).exists():
-            return str(models.model_path(value))
-        return value
+        return models.resolve(value)
 
     @field_validator("served_model_name")
     @classmethod

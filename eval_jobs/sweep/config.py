@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from cluster.configfile import StrictModel, load_config
@@ -89,6 +89,13 @@ class SweepConfig(StrictModel):
     max_concurrent: int | None = Field(
         None, ge=1, description="At most this many checkpoints deployed at once (default: as many as fit).",
     )
+
+    @field_validator("base")
+    @classmethod
+    def _shipped_base(cls, value: str | None) -> str | None:
+        from serve_apps import models
+
+        return models.resolve(value) if value else value
 
     def cache_dir(self) -> Path:
         return Path(self.convert_cache).expanduser() if self.convert_cache else evalcluster_home() / "converted"

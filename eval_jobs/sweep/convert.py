@@ -10,6 +10,9 @@ become Hugging Face names (Qwen2/Llama family), everything that is not a model w
 counters) is dropped, the header metadata says `pt` (MindSpore writes `ms`, which HF loaders reject), and
 config.json, generation_config.json and the tokenizer come from the base directory.
 
+MindSpore's merge waits while the machine's memory is more than half used, and resets the CPU affinity of the
+process it runs in: one more reason it runs as its own Ray task.
+
 Results are cached by a hash of the source files' contents and the base config, so a sweep that is run again,
 or two sweeps over the same run, convert each checkpoint once. The cache must be on storage every node sees.
 """
@@ -17,6 +20,7 @@ or two sweeps over the same run, convert each checkpoint once. The cache must be
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -33,17 +37,44 @@ log = logging.getLogger(__name__)
 CONVERTER_VERSION = "1"  # part of the cache key: bump when the output of the same source changes
 # Wrappers MindRLHF / MindFormers put around the model's own parameter names.
 WRAPPER_PREFIXES = ("policy_model.", "network.", "_backbone.", "backbone.")
-MINDFORMERS_TO_HF = [
-    (re.compile(r"^model\.tok_embeddings\.embedding_weight$"), r"model.embed_tokens.weight"),
-    (re.compile(r"^model\.norm_out\.weight$"), r"model.norm.weight"),
-    (re.compile(r"^lm_head\.weight$"), r"lm_head.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.attention\.w([qkvo])\.(weight|bias)$"), r"model.layers.\1.self_attn.\2_proj.\3"),
-    (re.compile(r"^model\.layers\.(\d+)\.feed_forward\.w1\.weight$"), r"model.layers.\1.mlp.gate_proj.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.feed_forward\.w2\.weight$"), r"model.layers.\1.mlp.down_proj.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.feed_forward\.w3\.weight$"), r"model.layers.\1.mlp.up_proj.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.attention_norm\.weight$"), r"model.layers.\1.input_layernorm.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.ffn_norm\.weight$"), r"model.layers.\1.post_attention_layernorm.weight"),
-]  # fmt: skip
+# MindFormers name ↔ Hugging Face name (Qwen2/Llama family); {n}: layer number, {p}: weight or bias.
+NAME_PAIRS = [
+    ("model.tok_embeddings.embedding_weight", "model.embed_tokens.weight"),
+    ("model.norm_out.weight", "model.norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    *((f"model.layers.{{n}}.attention.w{x}.{{p}}", f"model.layers.{{n}}.self_attn.{x}_proj.{{p}}") for x in "qkvo"),
+    ("model.layers.{n}.feed_forward.w1.weight", "model.layers.{n}.mlp.gate_proj.weight"),
+    ("model.layers.{n}.feed_forward.w2.weight", "model.layers.{n}.mlp.down_proj.weight"),
+    ("model.layers.{n}.feed_forward.w3.weight", "model.layers.{n}.mlp.up_proj.weight"),
+    ("model.layers.{n}.attention_norm.weight", "model.layers.{n}.input_layernorm.weight"),
+    ("model.layers.{n}.ffn_norm.weight", "model.layers.{n}.post_attention_layernorm.weight"),
+]
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    escaped = re.escape(template).replace(r"\{n\}", r"(?P<n>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(f"^{escaped}$")
+
+
+_TO_HF = [(_pattern(mf), hf) for mf, hf in NAME_PAIRS]
+_TO_MF = [(_pattern(hf), mf) for mf, hf in NAME_PAIRS]
+
+
+def _translate(name: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, template in rules:
+        if match := pattern.match(name):
+            return template.format(**match.groupdict())
+    return None
+
+
+def mindformers_name(hf: str) -> str:
+    """The MindFormers name of an HF parameter (for exporting test and demo checkpoints)."""
+    name = _translate(hf, _TO_MF)
+    if name is None:
+        raise ConversionError(f"parameter {hf!r} has no MindFormers name")
+    return name
+
+
 # Weights stay out of the copy of the base directory: the converted ones replace them.
 BASE_SKIP = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.gguf|model\.safetensors\.index\.json)$")
 
@@ -61,10 +92,10 @@ def hf_name(name: str) -> str | None:
         name = name.removeprefix(prefix)
     if not name.startswith(("model.", "lm_head.")):
         return None
-    for pattern, replacement in MINDFORMERS_TO_HF:
-        if pattern.match(name):
-            return pattern.sub(replacement, name)
-    raise ConversionError(f"parameter {name!r} has no Hugging Face name (Qwen2/Llama MindFormers layout expected)")
+    hf = _translate(name, _TO_HF)
+    if hf is None:
+        raise ConversionError(f"parameter {name!r} has no Hugging Face name (Qwen2/Llama MindFormers layout expected)")
+    return hf
 
 
 def content_hash(checkpoint: Checkpoint, base: Path) -> str:
@@ -115,6 +146,7 @@ def convert_to(checkpoint: Checkpoint, base: Path, out: Path) -> Path:
                 renamed[target] = tensor.contiguous()
         if not renamed:
             raise ConversionError(f"{checkpoint.source}: no model weights found (names: {sorted(tensors)[:5]})")
+        check_shapes(renamed, base, checkpoint.source)
         dropped = len(tensors) - len(renamed)
         out.mkdir(parents=True, exist_ok=True)
         save_file(renamed, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -141,28 +173,54 @@ def _mindspore_tensors(checkpoint: Checkpoint, work: Path) -> dict:
         ) from None
     from safetensors.torch import load_file
 
-    if checkpoint.kind == "ckpt":
-        ms.ckpt_to_safetensors(str(checkpoint.source), str(work))
-    elif checkpoint.kind == "shards":
-        # unified_safetensors wants rank_<r>/ directories holding this step's file only; MindRLHF keeps every
-        # step side by side, so link this step's files into a staging tree.
-        staged = work / "shards"
-        for rank, shard in enumerate(checkpoint.shard_files):
-            (staged / f"rank_{rank}").mkdir(parents=True)
-            os.symlink(shard.resolve(), staged / f"rank_{rank}" / shard.name)
-        merged = work / "merged"
-        merged.mkdir()
-        ms.unified_safetensors(str(staged), str(checkpoint.strategy), str(merged))
-        work = merged
-    else:
-        raise ConversionError(f"{checkpoint.source}: an HF directory needs no conversion")
-    files = sorted(work.glob("*.safetensors"))
+    try:
+        files = _mindspore_convert(ms, checkpoint, work)
+    except (ValueError, RuntimeError, TypeError, KeyError, OSError) as exc:  # MindSpore's own checks
+        raise ConversionError(f"{checkpoint.source}: MindSpore could not convert it: {exc}") from exc
     if not files:
         raise ConversionError(f"{checkpoint.source}: MindSpore wrote no safetensors")
     tensors: dict = {}
     for f in files:
         tensors.update(load_file(str(f)))
     return tensors
+
+
+def _mindspore_convert(ms, checkpoint: Checkpoint, work: Path) -> list[Path]:
+    """Run MindSpore's conversion into `work`; the safetensors files holding the full tensors."""
+    if checkpoint.kind == "ckpt":
+        ms.ckpt_to_safetensors(str(checkpoint.source), str(work))  # a file: in-process; a directory would fork
+        return sorted(work.glob("*.safetensors"))
+    if checkpoint.kind == "shards":
+        # unified_safetensors reads rank_<r>/ directories and, when one holds several files, picks by name;
+        # MindRLHF keeps every step side by side, so this step's files are linked into a staging tree.
+        staged = work / "shards"
+        for rank, shard in enumerate(checkpoint.shard_files):
+            (staged / f"rank_{rank}").mkdir(parents=True)
+            os.symlink(shard.resolve(), staged / f"rank_{rank}" / shard.name)
+        merged = work / "merged"
+        # max_process_num=1: merge in this process (it forks one process per 3 GiB part otherwise).
+        ms.unified_safetensors(str(staged), str(checkpoint.strategy), str(merged), max_process_num=1)
+        # The merged parameters are the files param_name_map.json names; hyper_param.safetensors holds rank 0's
+        # copy of whatever the strategy does not describe, not full tensors.
+        index = json.loads((merged / "param_name_map.json").read_text())["weight_map"]
+        return [merged / name for name in sorted(set(index.values()))]
+    raise ConversionError(f"{checkpoint.source}: an HF directory needs no conversion")
+
+
+def check_shapes(tensors: dict, base: Path, source: Path) -> None:
+    """Every converted tensor must have the shape the base model's has (when the base ships weights): a wrong
+    strategy file merges silently into wrong shapes (facts.md), which vLLM would report far less clearly."""
+    from safetensors import safe_open
+
+    expected = {}
+    for f in sorted(base.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            expected.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+    for name, tensor in sorted(tensors.items()):
+        want = expected.get(name)
+        if want is not None and tuple(tensor.shape) != want:
+            raise ConversionError(f"{source}: {name} merged to shape {tuple(tensor.shape)}, the base model's is "
+                                  f"{want} (wrong strategy file, or a different model size?)")
 
 
 def _convert_task(checkpoint: Checkpoint, base: Path, cache_dir: Path) -> str:

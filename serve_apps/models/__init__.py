@@ -60,6 +60,14 @@ def model_path(name: str) -> Path:
     return _dir(name)
 
 
+def resolve(value: str) -> str:
+    """A bare shipped model name → its prepared directory; anything else unchanged. Configs stay portable this way
+    (`ray job submit` uploads the repo without the git-ignored data dir)."""
+    if value in MODEL_NAMES and not Path(value).exists():
+        return str(model_path(value))
+    return value
+
+
 def prepare(name: str, force: bool = False) -> Path:
     """Build `name` into the models dir unless it is there already (`force` rebuilds); return its directory.
 
