@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -87,6 +87,7 @@ def hf_files(directory: Path) -> list[Path]:
 
 def from_path(path: Path, *, name: str | None = None, step: int | None = None) -> Checkpoint:
     """Classify one path as an HF directory or a MindSpore .ckpt; a clear error for anything else."""
+    path = path.absolute()  # engines and conversion tasks run elsewhere, in other working directories
     if path.is_file() and path.suffix == ".ckpt":
         label = name or path.stem
         return Checkpoint(label, "ckpt", path, step if step is not None else step_of(label))
@@ -144,7 +145,7 @@ def expand(source: CheckpointSource) -> list[Checkpoint]:
             raise ConfigError(f"sweep.checkpoints: glob {source.glob!r} matches nothing")
         found = [from_path(Path(m)) for m in matches]
     else:
-        save_dir, strategy = Path(source.mindrlhf).expanduser(), Path(source.strategy).expanduser()
+        save_dir, strategy = Path(source.mindrlhf).expanduser().absolute(), Path(source.strategy).expanduser().absolute()
         if not rank_dirs(save_dir):
             raise ConfigError(f"sweep.checkpoints: mindrlhf {save_dir} has no rank_* directories")
         if not strategy.is_file():
@@ -206,7 +207,7 @@ class Watcher:
     directory: Path
     settle_s: float
     strategy: Path | None = None
-    clock: callable = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     _seen: dict[str, tuple[tuple, float]] = field(default_factory=dict)  # name → (signature, since)
     _reported: set[str] = field(default_factory=set)
 

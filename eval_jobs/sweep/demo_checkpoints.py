@@ -74,7 +74,7 @@ def _write_ckpt(tensors: dict, path: Path) -> Path:
     import mindspore as ms
 
     params = [{"name": mindformers_name(k), "data": ms.Tensor(v.numpy())} for k, v in tensors.items()]
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".tmp-{path.name}")  # save_checkpoint adds ".ckpt" to a name without it
     ms.save_checkpoint(params, str(tmp))
     tmp.rename(path)
     return path

@@ -39,6 +39,9 @@ from serve_apps.endpoint import Endpoint
 
 log = logging.getLogger("evalcluster.sweep")
 
+POLL_S = 0.5  # how often the loop looks at conversions, free room and the watcher when nothing finishes
+MAX_DEPLOYMENTS = 256  # checkpoints deployed at once unless sweep.max_concurrent says fewer
+
 
 class EventLog:
     """Append-only JSON lines: one object per event, flushed at once (the sweep's timeline, read by tests)."""
@@ -56,6 +59,19 @@ class EventLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def peak_devices(events: Sequence[dict[str, Any]]) -> float:
+    """The most devices the sweep's deployments held at once, from deploy / retired events in time order."""
+    held, peak, devices = 0.0, 0.0, {}
+    for e in sorted(events, key=lambda e: e["t"]):
+        if e["event"] == "deploy":
+            devices[e["checkpoint"]] = e["devices"]
+            held += e["devices"]
+            peak = max(peak, held)
+        elif e["event"] == "retired":
+            held -= devices.pop(e["checkpoint"], 0.0)
+    return peak
 
 
 @dataclass
@@ -161,10 +177,11 @@ class Sweep:
         if watcher:
             watcher.mark_known(c.name for c in checkpoints)
         active: dict[concurrent.futures.Future, Planned] = {}
-        max_active = self.job.sweep.max_concurrent or len(nodes) * 64
+        max_active = self.job.sweep.max_concurrent or MAX_DEPLOYMENTS
         last_activity = time.monotonic()
         next_scan = 0.0
-        with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="sweep") as pool:
+        # One thread per deployed checkpoint: each mostly waits (for its engine, for its client actors).
+        with concurrent.futures.ThreadPoolExecutor(max_active, thread_name_prefix="sweep") as pool:
             while True:
                 if watcher and time.monotonic() >= next_scan:
                     next_scan = time.monotonic() + self.job.sweep.poll_s
@@ -188,13 +205,16 @@ class Sweep:
                         continue  # no room yet; a later, smaller checkpoint may still fit (backfill)
                     pending.remove(p)
                     self.events.write("deploy", p.checkpoint.name, devices=p.needs.device_count * p.num_replicas,
-                                      device_key=p.needs.device_key, nodes=placed)
+                                      device_key=p.needs.device_key, replica=dict(p.needs.resources), nodes=placed)
                     active[pool.submit(self._evaluate, p)] = p
                 if not active and not pending:
                     idle = self.job.sweep.idle_timeout_s
                     if watcher is None or (idle is not None and time.monotonic() - last_activity >= idle):
                         return
-                done, _ = concurrent.futures.wait(list(active), timeout=0.5,
+                if not active:
+                    time.sleep(POLL_S)  # waiting for a conversion or the watcher: nothing to wait on below
+                    continue
+                done, _ = concurrent.futures.wait(list(active), timeout=POLL_S,
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     p = active.pop(future)

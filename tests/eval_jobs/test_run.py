@@ -3,6 +3,7 @@ AISBench's evaluator, the durable store and the report."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -150,6 +151,54 @@ def test_server_that_never_answers_ends_in_bounded_time_with_failed_samples_and_
     assert samples["error"].str.contains("timed out").all() and (samples["attempts"] == 2).all()
     assert table["failures"].max() == 3
     assert exit_code(table) == 1  # a partial report is not a success
+
+
+class GarbageServer:
+    """Answers every chat request with 200 and a broken stream: alternately invalid JSON, and a stream cut off before
+    `data: [DONE]`."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        calls = itertools.count()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                if next(calls) % 2:
+                    self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "4"}}]}\n\n')
+                else:
+                    self.wfile.write(b"data: {oops\n\n")
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_server_that_answers_garbage_fails_the_samples_with_the_reason_and_a_report(ray_cluster, data_dir, tmp_path):
+    server = GarbageServer()
+    try:
+        table = run_job(job(server.url, data_dir, tmp_path / "run", models=["m"], limit=4, timeout_s=5.0,
+                            max_retries=1, backoff_s=0.05))
+    finally:
+        server.close()
+    samples = pd.read_parquet(RunDir(tmp_path / "run").samples_parquet)
+    assert len(samples) == 4 and (samples["status"] == "failed").all() and (samples["attempts"] == 2).all()
+    reasons = samples["error"].str.cat(sep=" | ")
+    assert "invalid JSON in stream" in reasons and "without 'data: [DONE]'" in reasons, reasons
+    assert RunDir(tmp_path / "run").summary_html.exists()
+    assert exit_code(table) == 1
 
 
 def test_bad_config_names_file_field_and_value(tmp_path):

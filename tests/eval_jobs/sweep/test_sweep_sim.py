@@ -19,6 +19,8 @@ import yaml
 from cluster.nodes import ClusterState, cluster_down
 from cluster.simulate import simulate_up
 from eval_jobs.store import SampleStore
+from eval_jobs.sweep.scheduler import peak_devices
+from ms_export import export_ckpt
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
 NPUS = 4
@@ -83,24 +85,15 @@ def events(sweep_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def max_devices_at_once(evts: list[dict]) -> float:
-    """Peak of the devices held by deployed checkpoints, from deploy/retired pairs in time order."""
-    held, peak, devices = 0.0, 0.0, {}
-    for e in sorted(evts, key=lambda e: e["t"]):
-        if e["event"] == "deploy":
-            devices[e["checkpoint"]] = e["devices"]
-            held += e["devices"]
-            peak = max(peak, held)
-        elif e["event"] == "retired":
-            held -= devices.pop(e["checkpoint"], 0.0)
-    return peak
-
-
-def test_sweep_packs_within_the_npus_and_resumes_after_sigkill(sim_cluster, data_dir, tmp_path):
+def test_sweep_packs_within_the_npus_and_resumes_after_sigkill(sim_cluster, data_dir, tiny_model, tmp_path):
     names = [f"step_{s}" for s in (100, 200, 300, 400)]
-    for name in names:
+    for name in names[:3]:
         fake_checkpoint(tmp_path / "ckpts" / name)
-    config = sweep_config(tmp_path, sim_cluster, data_dir, {"checkpoints": [{"glob": str(tmp_path / "ckpts/step_*")}]})
+    # The last one is a MindSpore .ckpt: converted by a Ray task on the cluster before it is deployed.
+    export_ckpt(tiny_model, tmp_path / "ckpts" / "step_400.ckpt")
+    config = sweep_config(tmp_path, sim_cluster, data_dir, {"checkpoints": [{"glob": str(tmp_path / "ckpts/step_*")}],
+                                                           "base": str(tiny_model),
+                                                           "convert_cache": str(tmp_path / "converted")})
     sweep_dir = tmp_path / "sweep"
 
     first = start_driver(config, sim_cluster)
@@ -121,8 +114,8 @@ def test_sweep_packs_within_the_npus_and_resumes_after_sigkill(sim_cluster, data
     after = events(sweep_dir)[len(before_kill):]
 
     # Within the budget: 4 NPUs hold two tp-2 checkpoints at once, never more, and the sweep used both slots.
-    assert max_devices_at_once(before_kill) == NPUS
-    assert max_devices_at_once(after) <= NPUS
+    assert peak_devices(before_kill) == NPUS
+    assert peak_devices(after) <= NPUS
     # Resume: what finished before the kill is not deployed again (a deployment the killed driver left is retired);
     # every checkpoint is evaluated exactly once.
     assert {e["checkpoint"] for e in after if e["event"] == "skipped"} == done_before
@@ -133,6 +126,9 @@ def test_sweep_packs_within_the_npus_and_resumes_after_sigkill(sim_cluster, data
     assert all(r.status == "ok" for r in records)
     lines = (sweep_dir / "samples.jsonl").read_text().splitlines()
     assert len(lines) == len(keys), "a finished sample was sent again"
+    converted = [e for e in before_kill + after if e["event"] == "converted"]
+    assert {e["checkpoint"] for e in converted} == {"step_400"}
+    assert (Path(converted[-1]["model_dir"]) / "model.safetensors").exists()
     # Simulated engines: a performance report, no scores.
     summary = (sweep_dir / "summary.md").read_text()
     assert "SIMULATED ENGINE" in summary and all(n in summary for n in names)

@@ -1,0 +1,96 @@
+"""Benchmark 4: how close a sweep comes to ideal packing of checkpoints onto the NPUs.
+
+16 checkpoints of mixed tensor-parallel sizes (4 × tp8, 4 × tp4, 8 × tp2: 64 NPUs' worth) on a simulated cluster
+of 4 nodes × 8 NPUs, served by the simulated-latency engine, so each checkpoint's evaluation takes a time known in
+advance: T = ⌈samples / in-flight⌉ × (TTFT + (tokens − 1) × TPOT). All checkpoints take the same T, so no schedule
+can beat T × (the fewest groups that each fit on the cluster at once) — here 2 (64 NPUs on 32). The peer is that
+ideal; the ratio is the sweep's makespan (first deploy to last retire, deploy and retire times included) over it.
+
+    python -m bench.sweep_packing [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import DATASET, QUICK, Result, report
+from cluster.simulate import simulated_cluster
+from eval_jobs.sweep.config import SweepJobConfig
+from eval_jobs.sweep.run import run_sweep
+from eval_jobs.sweep.scheduler import peak_devices
+
+NODES, NPUS = 4, 8
+# In step order; first fit with backfill packs these into two full waves when durations are equal.
+TP_SIZES = [8, 4, 2, 2] * 4
+TTFT_S, TPOT_S, TOKENS = 0.05, 0.02, 64
+CONCURRENCY = 16
+REPEATS = 4 if QUICK else 16  # × 50 demo rows = samples per checkpoint
+
+
+def ideal_waves(sizes: list[int]) -> int:
+    """Fewest groups, each packable (first fit decreasing) onto the nodes at once; equal to the lower bound
+    ⌈Σ tp / total NPUs⌉ for this mix (asserted)."""
+    remaining, waves = sorted(sizes, reverse=True), 0
+    while remaining:
+        free, left = [NPUS] * NODES, []
+        for size in remaining:
+            node = next((i for i, f in enumerate(free) if f >= size), None)
+            if node is None:
+                left.append(size)
+            else:
+                free[node] -= size
+        remaining, waves = left, waves + 1
+    assert waves == math.ceil(sum(sizes) / (NODES * NPUS))
+    return waves
+
+
+def main() -> None:
+    bench = "sweep_packing"
+    samples = 50 * REPEATS
+    per_checkpoint_s = math.ceil(samples / CONCURRENCY) * (TTFT_S + (TOKENS - 1) * TPOT_S)
+    ideal_s = ideal_waves(TP_SIZES) * per_checkpoint_s
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        root = Path(tmp)
+        sources = []
+        for i, tp in enumerate(TP_SIZES):
+            ckpt = root / "ckpts" / f"step_{(i + 1) * 100}"
+            ckpt.mkdir(parents=True)
+            (ckpt / "config.json").write_text("{}")
+            (ckpt / "model.safetensors").write_bytes(b"\0")  # the simulator reads no weights
+            sources.append({"path": str(ckpt), "tensor_parallel_size": tp})
+        with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2) as sim:
+            job = SweepJobConfig.model_validate({
+                "cluster": {"address": sim.address, "node_ip_address": sim.head_ip},
+                "serve": {"port": 0, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
+                                                "sim_ttft_s": TTFT_S, "sim_tpot_s": TPOT_S,
+                                                "sim_output_tokens": TOKENS, "startup_timeout_s": 300}},
+                "eval": {"datasets": [DATASET], "num_repeats": REPEATS, "clients": 1, "concurrency": CONCURRENCY,
+                         "generation": {"max_out_len": TOKENS}, "timeout_s": 120, "output": str(root / "sweep")},
+                "sweep": {"checkpoints": sources},
+            })
+            t0 = time.perf_counter()
+            result = run_sweep(job)
+            wall = time.perf_counter() - t0
+        events = [json.loads(line) for line in (root / "sweep" / "events.jsonl").read_text().splitlines()]
+    deploys = [e["t"] for e in events if e["event"] == "deploy"]
+    retires = [e["t"] for e in events if e["event"] == "retired"]
+    makespan = max(retires) - min(deploys)
+    peak = peak_devices(events)
+    note = f"{len(TP_SIZES)} checkpoints tp {sorted(set(TP_SIZES))}, {NODES}x{NPUS} NPUs, {samples} samples each"
+    print(f"makespan {makespan:.1f} s, ideal {ideal_s:.1f} s, sweep wall {wall:.1f} s, peak NPUs held {peak:.0f}, "
+          f"failed checkpoints {len(result.failed)}, failed samples {result.failed_samples}")
+    report([
+        Result(bench, "makespan", makespan, "s", note=note),
+        Result(bench, "ideal packing", ideal_s, "s", note=f"{ideal_waves(TP_SIZES)} waves x {per_checkpoint_s:.1f} s"),
+        Result(bench, "peak NPUs held", peak, note=f"of {NODES * NPUS}"),
+        Result(bench, "makespan/ideal", makespan / ideal_s, target="<= 1.15",
+               note=note + (f", {result.failed_samples} samples FAILED" if result.failed_samples else "")),
+    ])
+
+
+if __name__ == "__main__":
+    main()
