@@ -234,8 +234,8 @@ def print_summary(table: pd.DataFrame, *, simulated: bool = False, console: Cons
                 "" if pd.isna(lo) or pd.isna(hi) else f"{format_cell(lo)}–{format_cell(hi)}"
                 for lo, hi in zip(scores["ci_low"], scores["ci_high"])
             ]
-        console.print(_rich_table("Scores", scores, PRINTED_SCORES))
-    console.print(_rich_table("Performance", sections["Performance"], PRINTED_PERF, caption=PERF_CAPTION))
+        console.print(rich_table("Scores", scores, PRINTED_SCORES))
+    console.print(rich_table("Performance", sections["Performance"], PRINTED_PERF, caption=PERF_CAPTION))
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -259,7 +259,7 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def _rich_table(title: str, df: pd.DataFrame, headers: Mapping[str, str], caption: str = "") -> Table:
+def rich_table(title: str, df: pd.DataFrame, headers: Mapping[str, str], caption: str = "") -> Table:
     """A rich table of `df`'s columns named in `headers` (under those headers), cells as `format_cell`."""
     shown = [c for c in headers if c in df.columns]
     out = Table(title=title, caption=caption, title_justify="left")

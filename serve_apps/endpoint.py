@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import httpx
 from ray import serve
 from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
 
 from serve_apps.builder import build_engine_app, build_ingress_app
+from cluster.errors import ConfigError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.engine_process import free_port
@@ -44,6 +47,8 @@ class Endpoint:
     def start(self) -> Endpoint:
         """Start Serve's HTTP proxy and the ingress, or join the ones already running on this cluster (their
         address and settings stay as they are), then deploy `cfg.models`."""
+        if _get_global_client(raise_if_no_controller_running=False) is None:
+            self._check_port_free()  # Serve's proxy would retry a taken port forever, and we would wait on it
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": self.cfg.host, "port": self.port,
@@ -59,6 +64,16 @@ class Endpoint:
         self.add_models(self.cfg.models)
         return self
 
+    def _check_port_free(self) -> None:
+        with socket.socket() as probe:
+            # As servers bind: a port left in TIME_WAIT is free, one with a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                raise ConfigError(f"serve.port = {self.port}: {self.host}:{self.port} is not free ({exc.strerror}); "
+                                  "choose another port, or 0 for any free one") from None
+
     def add_models(
         self, models: Iterable[ModelConfig], *, engine: EngineConfig | None = None, wait: bool = True
     ) -> None:
@@ -71,6 +86,11 @@ class Endpoint:
         if not models:
             return
         engine = engine or self.cfg.engine
+        if engine.kind != "sim":  # the simulator reads no weights
+            for m in models:
+                if _is_path(m.model) and not Path(m.model).expanduser().is_dir():
+                    raise ConfigError(f"model {m.name}: checkpoint directory {m.model} not found (every node that "
+                                      "serves it must see this path)")
         nodes = live_nodes()
         for m in models:
             needs = replica_needs(engine.platform, m.tensor_parallel_size, engine.cpus_per_replica)
@@ -140,3 +160,8 @@ class Endpoint:
 
     def shutdown(self) -> None:
         serve.shutdown()
+
+
+def _is_path(model: str) -> bool:
+    """A local path rather than a hub id ("org/name", which vLLM would download): absolute, ./, ../ or ~."""
+    return model.startswith(("/", "./", "../", "~"))

@@ -44,6 +44,30 @@ def test_serve_flags_that_make_no_sense_fail_before_anything_starts():
     assert bad.returncode == 2 and "serve.models.0.tensor_parallel_size = 0" in bad.stderr
 
 
+def test_a_missing_checkpoint_directory_fails_before_anything_is_deployed(tmp_path):
+    bad = subprocess.run([*CLI, "serve", "--model", str(tmp_path / "step_404"), "--platform", "cpu", "--port", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert f"model step_404: checkpoint directory {tmp_path / 'step_404'} not found" in bad.stderr
+
+
+def test_a_port_in_use_fails_before_anything_is_deployed(tiny_model):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        bad = subprocess.run([*CLI, "serve", "--model", str(tiny_model), "--platform", "cpu", "--port", str(port)],
+                             capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert f"serve.port = {port}: 127.0.0.1:{port} is not free" in bad.stderr
+
+
+def test_tensor_parallel_beyond_any_node_fails_before_anything_is_deployed(tiny_model):
+    """The embedded Ray of this machine declares no NPU: tp 9 on ascend can never be placed."""
+    bad = subprocess.run([*CLI, "serve", "--model", str(tiny_model), "--platform", "ascend",
+                          "--tensor-parallel-size", "9", "--port", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert f"model {tiny_model.name} needs 9 NPU on one node; largest node has 0" in bad.stderr
+
+
 @pytest.mark.engine
 def test_serve_smollm2_answers_curl_style_requests_and_the_openai_client_then_stops_on_ctrl_c():
     port = free_port()

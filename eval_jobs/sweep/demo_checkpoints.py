@@ -21,7 +21,7 @@ from eval_jobs.sweep.convert import BASE_SKIP, mindformers_name
 log = logging.getLogger(__name__)
 
 # step → perturbation, as a fraction of each weight tensor's own standard deviation.
-TRAJECTORY = {0: 0.5, 100: 0.3, 200: 0.15, 300: 0.0}
+TRAJECTORY = {0: 0.3, 100: 0.12, 200: 0.05, 300: 0.0}
 CKPT_STEP = 100  # written as a MindSpore .ckpt with MindFormers names
 SEED = 0
 

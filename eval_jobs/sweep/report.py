@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from rich.console import Console
 
-from eval_jobs.report import html_page, markdown_table, png_bytes, write_atomic
+from eval_jobs.report import html_page, markdown_table, png_bytes, rich_table, write_atomic
 from eval_jobs.store import RunDir
 
 PRIMARY_METRIC = "accuracy"
@@ -173,3 +174,10 @@ def write_sweep_report(sweep_dir: RunDir, samples: pd.DataFrame, summary: pd.Dat
     write_atomic(root / "sweep.html", html_page(title, sections, plots, simulated=False, intro=intro).encode())
     return table
 
+
+
+def print_sweep(table: pd.DataFrame, console: Console | None = None) -> None:
+    """The checkpoint table on the terminal: step order, score [95% CI] per dataset, the best starred."""
+    console = console or Console()
+    console.print(rich_table("Sweep", table, {c: c for c in table.columns},
+                             caption=f"{PRIMARY_METRIC} [95% CI]; {BEST_MARK}: best mean over datasets"))

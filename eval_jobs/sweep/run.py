@@ -26,7 +26,7 @@ from eval_jobs.scoring import summarize
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.sweep.checkpoints import Watcher, discover
 from eval_jobs.sweep.config import SweepJobConfig, load_sweep_config
-from eval_jobs.sweep.report import checkpoint_order, write_sweep_report
+from eval_jobs.sweep.report import checkpoint_order, print_sweep, write_sweep_report
 from eval_jobs.sweep.scheduler import EventLog, Sweep
 
 log = logging.getLogger("evalcluster.sweep")
@@ -58,7 +58,7 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     events = EventLog(sweep_dir.root / "events.jsonl")
     simulated = job.serve.engine.kind == "sim"
 
-    def report() -> pd.DataFrame:
+    def report() -> tuple[pd.DataFrame, pd.DataFrame | None]:
         return write_reports(sweep_dir, job, store, datasets, sweep.checkpoints, simulated)
 
     with ray_session(job.cluster):
@@ -67,27 +67,32 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
         endpoint = Endpoint(job.serve).start()
         sweep = Sweep(job, endpoint, list(datasets.values()), store, events, on_retired=report)
         sweep.run(checkpoints, watcher)
-    table = report()
-    print_summary(table, simulated=simulated)
+    summary, table = report()
+    if not summary.empty:
+        print_summary(summary, simulated=simulated)
+    if table is not None:
+        print_sweep(table)
     print(f"sweep report: {(sweep_dir.root / ('summary.html' if simulated else 'sweep.html')).resolve()}")
     records = [r for r in store.load() if r.model in sweep.checkpoints]
-    return SweepResult(table, dict(sweep.failed), sum(r.status != "ok" for r in records))
+    return SweepResult(summary if table is None else table, dict(sweep.failed),
+                       sum(r.status != "ok" for r in records))
 
 
 def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, datasets: dict[str, EvalDataset],
-                  checkpoints: dict[str, int | None], simulated: bool) -> pd.DataFrame:
-    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*)."""
+                  checkpoints: dict[str, int | None], simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*); returns
+    (summary table, checkpoint table or None)."""
     records = [r for r in store.load() if r.model in checkpoints]
     if not records:
-        return pd.DataFrame()
+        return pd.DataFrame(), None
     if simulated:
         return write_report(sweep_dir, samples_frame(records), None, simulated=True, config=job,
-                            title="evalcluster sweep (simulated engines)")
+                            title="evalcluster sweep (simulated engines)"), None
     frame = score(records, datasets)
     summary = summarize(frame, job.eval.k)
-    write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
+    table = write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
     order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
-    return write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note)
+    return table, write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,7 +139,7 @@ def test_watch_picks_up_a_finished_checkpoint_and_not_one_being_written(sim_clus
     watched = tmp_path / "train-out"
     watched.mkdir()
     config = sweep_config(tmp_path, sim_cluster, data_dir,
-                          {"watch": str(watched), "settle_s": 2, "poll_s": 0.5, "idle_timeout_s": 20})
+                          {"watch": str(watched), "settle_s": 2, "poll_s": 0.5, "idle_timeout_s": 6})
     sweep_dir = tmp_path / "sweep"
     driver = start_driver(config, sim_cluster)
     try:
