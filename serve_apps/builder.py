@@ -9,11 +9,12 @@ from serve_apps.ingress import IngressSettings, OpenAIIngress
 from serve_apps.supervisor import EngineSupervisor, replica_resources
 
 
-def build_engine_app(model: ModelConfig, engine: EngineConfig) -> Application:
-    """One checkpoint: `num_replicas` engine supervisors, each holding one engine's devices."""
+def build_engine_app(model: ModelConfig, engine: EngineConfig, node_address: str | None = None) -> Application:
+    """One checkpoint: `num_replicas` engine supervisors, each holding one engine's devices (all on the node at
+    `node_address` when given)."""
     return EngineSupervisor.options(
         num_replicas=model.num_replicas,
-        ray_actor_options=replica_resources(model, engine),
+        ray_actor_options=replica_resources(model, engine, node_address),
         max_ongoing_requests=engine.max_ongoing_requests,
         health_check_period_s=engine.health_check_period_s,
         health_check_timeout_s=engine.health_timeout_s * 2,

@@ -75,12 +75,15 @@ class Endpoint:
                                   "choose another port, or 0 for any free one") from None
 
     def add_models(
-        self, models: Iterable[ModelConfig], *, engine: EngineConfig | None = None, wait: bool = True
+        self, models: Iterable[ModelConfig], *, engine: EngineConfig | None = None, wait: bool = True,
+        node_address: str | None = None,
     ) -> None:
         """Deploy checkpoints (each its own Serve application) and, with `wait`, block until every one answers.
 
         Fails fast, before anything is deployed, when no node of the cluster could ever hold a replica (Serve
-        itself would wait forever). `engine` overrides the endpoint's engine settings for these checkpoints.
+        itself would wait forever). `engine` overrides the endpoint's engine settings for these checkpoints;
+        `node_address` puts their replicas on that node (a sweep's planner decides where devices go: left to
+        itself, Ray may fragment the nodes so that a large replica fits nowhere).
         """
         models = list(models)
         if not models:
@@ -96,7 +99,7 @@ class Endpoint:
             needs = replica_needs(engine.platform, m.tensor_parallel_size, engine.cpus_per_replica)
             check_feasible(m.name, needs, m.num_replicas, nodes)
         targets = [
-            serve.RunTarget(build_engine_app(m, engine), name=engine_app_name(m.name), route_prefix=None)
+            serve.RunTarget(build_engine_app(m, engine, node_address), name=engine_app_name(m.name), route_prefix=None)
             for m in models
         ]
         serve.run_many(targets, wait_for_applications_running=False)

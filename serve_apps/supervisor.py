@@ -16,12 +16,17 @@ from serve_apps.errors import EngineUnavailableError
 
 log = logging.getLogger("ray.serve")
 
+NODE_PIN = 0.001  # of a node's `node:<address>` resource (1.0): any number of replicas fit, only there
 
-def replica_resources(model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
+
+def replica_resources(model: ModelConfig, engine: EngineConfig, node_address: str | None = None) -> dict[str, Any]:
     """Ray actor options for one replica: the planner's `replica_needs` (every device of its engine, on one node,
     as an actor never spans nodes) spelled as Ray wants them. On ascend Ray sets ASCEND_RT_VISIBLE_DEVICES for the
-    replica; the engine child inherits it."""
+    replica; the engine child inherits it. `node_address` pins the replica to that node (through the
+    `node:<address>` resource every Ray node has), for a caller that planned where its devices go."""
     needs = dict(replica_needs(engine.platform, model.tensor_parallel_size, engine.cpus_per_replica).resources)
+    if node_address:
+        needs[f"node:{node_address}"] = NODE_PIN
     options: dict[str, Any] = {"num_cpus": needs.pop("CPU", 0.0)}
     if "GPU" in needs:
         options["num_gpus"] = needs.pop("GPU")

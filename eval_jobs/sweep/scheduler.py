@@ -4,8 +4,10 @@ Each checkpoint goes through: (convert, a CPU Ray task started as soon as it is 
 the shared endpoint → evaluate (the same queue and client actors as `eval_jobs.run`) → retire. The driver reads what is
 free once, at the start, and from then on keeps its own ledger of what its deployments hold, per node: Ray reserves
 a replica's devices only once the replica is scheduled, so reading Ray's free resources right after a deploy would
-count the same devices twice. Placement is first fit in step order with backfill: when the next checkpoint does
-not fit yet, a later, smaller one that does goes first.
+count the same devices twice. Placement is largest first (then step order), best fit, with backfill: when the
+next checkpoint does not fit yet, a smaller one that does goes first, onto the node it leaves fullest, so whole
+nodes stay free for whole-node replicas. A checkpoint's replicas are pinned to the node the ledger chose, or Ray,
+placing by itself, could fragment the nodes so that a tp-8 replica fits nowhere.
 
 Everything that happens is appended to the sweep directory's `events.jsonl` (found, converted, deploy, ready,
 retired, failed, skipped), the record of what ran when.
@@ -91,20 +93,24 @@ class Ledger:
     """What the sweep's own deployments hold, per node, out of the nodes' totals."""
 
     free: dict[str, dict[str, float]]
+    addresses: dict[str, str] = field(default_factory=dict)  # node id → address
     held: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, nodes: Sequence[NodeCapacity]) -> Ledger:
-        return cls({n.node_id: dict(n.available) for n in nodes})
+        return cls({n.node_id: dict(n.available) for n in nodes}, {n.node_id: n.address for n in nodes})
 
     def reserve(self, name: str, needs: ReplicaNeeds, replicas: int) -> list[str] | None:
-        """First fit for every replica, or nothing (None) when they don't all fit now."""
+        """Best fit for every replica (the node it leaves with the fewest free devices, so whole nodes stay whole
+        for large replicas), or nothing (None) when they don't all fit now."""
         trial = {node: dict(res) for node, res in self.free.items()}
+        key = needs.device_key or "CPU"
         placed = []
         for _ in range(replicas):
-            node = next((n for n, res in trial.items() if fits(needs.resources, res)), None)
-            if node is None:
+            candidates = [n for n, res in trial.items() if fits(needs.resources, res)]
+            if not candidates:
                 return None
+            node = min(candidates, key=lambda n: trial[n].get(key, 0.0))
             for key, value in needs.resources.items():
                 trial[node][key] = trial[node].get(key, 0.0) - value
             placed.append(node)
@@ -116,6 +122,11 @@ class Ledger:
         for node, resources in self.held.pop(name, []):
             for key, value in resources.items():
                 self.free[node][key] = self.free[node].get(key, 0.0) + value
+
+
+def _largest_first(p: Planned) -> tuple[float, float, str]:
+    """Pending order: most devices per checkpoint first (they are the hardest to place), then step order."""
+    return (-p.needs.device_count * p.num_replicas, *p.checkpoint.sort_key())
 
 
 class Sweep:
@@ -174,6 +185,7 @@ class Sweep:
         pending: list[Planned] = []
         for p in planned:
             self._enqueue(p, finished, pending)
+        pending.sort(key=_largest_first)
         if watcher:
             watcher.mark_known(c.name for c in checkpoints)
         active: dict[concurrent.futures.Future, Planned] = {}
@@ -192,6 +204,7 @@ class Sweep:
                             self._enqueue(self.plan(c, nodes), finished, pending)
                         except Exception as exc:  # an infeasible checkpoint found later: fail it, go on
                             self._fail(c.name, exc)
+                    pending.sort(key=_largest_first)
                 for p in list(pending):
                     if len(active) >= max_active:
                         break
@@ -206,7 +219,9 @@ class Sweep:
                     pending.remove(p)
                     self.events.write("deploy", p.checkpoint.name, devices=p.needs.device_count * p.num_replicas,
                                       device_key=p.needs.device_key, replica=dict(p.needs.resources), nodes=placed)
-                    active[pool.submit(self._evaluate, p)] = p
+                    # Replicas go where the ledger put them (one node: pinned there; Ray places them otherwise).
+                    node = ledger.addresses[placed[0]] if len(set(placed)) == 1 else None
+                    active[pool.submit(self._evaluate, p, node)] = p
                 if not active and not pending:
                     idle = self.job.sweep.idle_timeout_s
                     if watcher is None or (idle is not None and time.monotonic() - last_activity >= idle):
@@ -268,12 +283,12 @@ class Sweep:
 
     # -- one checkpoint, in a worker thread --------------------------------------------------------------------
 
-    def _evaluate(self, p: Planned) -> None:
+    def _evaluate(self, p: Planned, node_address: str | None) -> None:
         name = p.checkpoint.name
         model = self.model_config(p)
         try:
             with self._serve_lock:
-                self.endpoint.add_models([model], engine=p.engine, wait=False)
+                self.endpoint.add_models([model], engine=p.engine, wait=False, node_address=node_address)
             self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60)
             self.events.write("ready", name)
             requests = build_requests(self.job.eval, self.endpoint.url, [name], self.datasets)

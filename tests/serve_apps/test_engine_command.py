@@ -65,6 +65,11 @@ def test_one_replica_reserves_all_its_devices(platform, expected):
     assert replica_resources(seed_model(), EngineConfig(platform=platform)) == expected
 
 
+def test_a_pinned_replica_asks_for_a_sliver_of_its_node():
+    options = replica_resources(seed_model(), EngineConfig(platform="ascend"), node_address="10.0.0.3")
+    assert options == {"num_cpus": 1.0, "resources": {"NPU": 8, "node:10.0.0.3": 0.001}}
+
+
 def test_ascend_env_sets_model_backend_and_keeps_visible_devices_but_not_project_paths():
     base = {"ASCEND_RT_VISIBLE_DEVICES": "4,5,6,7", "PYTHONPATH": "/repo", "VIRTUAL_ENV": "/repo/.venv",
             "PATH": "/usr/bin"}
