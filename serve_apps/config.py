@@ -52,6 +52,9 @@ class EngineConfig(StrictModel):
     sim_ttft_s: float = Field(0.05, ge=0, description="sim engine only: time to first token.")
     sim_tpot_s: float = Field(0.01, ge=0, description="sim engine only: time per output token after the first.")
     sim_output_tokens: int | None = Field(None, ge=1, description="sim engine only: cap on output tokens.")
+    sim_max_num_seqs: int | None = Field(
+        None, ge=1, description="sim engine only: batch slots (requests generating at once); None: unlimited."
+    )
 
     def resolved_python(self) -> str:
         if self.python:

@@ -64,6 +64,8 @@ def engine_command(model: ModelConfig, engine: EngineConfig, port: int) -> list[
             argv += ["--max-model-len", str(model.max_model_len)]
         if engine.sim_output_tokens:
             argv += ["--output-tokens", str(engine.sim_output_tokens)]
+        if engine.sim_max_num_seqs:
+            argv += ["--max-num-seqs", str(engine.sim_max_num_seqs)]
         return argv + ["--host", ENGINE_HOST, "--port", str(port)]
 
     if engine.platform == "ascend":

@@ -7,10 +7,13 @@ are exercised without a model. It is a SIMULATOR everywhere it shows: the start-
 sim") and never a score.
 
     python -m serve_apps.sim_engine --host 127.0.0.1 --port 8100 --served-model-name step_400 \\
-        --ttft-s 0.05 --tpot-s 0.01 [--output-tokens 64] [--max-model-len 4096]
+        --ttft-s 0.05 --tpot-s 0.01 [--output-tokens 64] [--max-model-len 4096] [--max-num-seqs 8]
 
-Timing: the first token is ready `ttft_s` after the request arrives and each further one `tpot_s` later,
-measured from absolute deadlines so that thousands of concurrent requests sharing one event loop don't drift.
+Timing: the first token is ready `ttft_s` after the request starts generating and each further one `tpot_s`
+later, measured from absolute deadlines so that thousands of concurrent requests sharing one event loop don't
+drift. A request starts generating on arrival, or, with `--max-num-seqs N` (vLLM's batch-slot limit), once fewer
+than N others are generating: the rest wait in arrival order, as in vLLM's scheduler. With a slot limit an
+engine has a capacity, so evaluation time has an engine-bound ideal to compare against (bench/scale.py).
 Output length is `min(max_tokens, --output-tokens)`; `max_tokens` defaults to 16 when the request leaves it
 unset.
 """
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +55,7 @@ class SimSettings:
     tpot_s: float = 0.01
     output_tokens: int | None = None
     max_model_len: int = 32768
+    max_num_seqs: int | None = None  # None: every request generates at once
 
 
 class RequestError(Exception):
@@ -117,8 +123,11 @@ class SimEngine:
         self.requests = 0  # valid generation requests received (a re-sent request counts again)
         self.rejected = 0  # requests answered with an error (unknown model, bad body)
         self.completed = 0
-        self.in_flight = 0
+        self.in_flight = 0  # received and not yet answered: waiting for a slot or generating
+        self.peak_generating = 0
         self.created = int(time.time())
+        self._slots = asyncio.Semaphore(settings.max_num_seqs) if settings.max_num_seqs else None
+        self._generating = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -155,6 +164,7 @@ class SimEngine:
                 "ttft_s": s.ttft_s,
                 "tpot_s": s.tpot_s,
                 "output_tokens": s.output_tokens,
+                "max_num_seqs": s.max_num_seqs,
             },
         }
         return web.json_response({"object": "list", "data": [card]})
@@ -166,6 +176,7 @@ class SimEngine:
                 "completed": self.completed,
                 "rejected": self.rejected,
                 "in_flight": self.in_flight,
+                "peak_generating": self.peak_generating,
                 "visible_devices": {name: os.environ.get(name) for name in DEVICE_ENV_VARS},
                 "engine_env": {name: os.environ.get(name) for name in ENGINE_ENV_VARS},
                 "pid": os.getpid(),
@@ -191,21 +202,33 @@ class SimEngine:
             return _error_response(exc)
         self.requests += 1
         self.in_flight += 1
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": n_tokens * n_choices,
+            "total_tokens": prompt_tokens + n_tokens * n_choices,
+        }
         try:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": n_tokens * n_choices,
-                "total_tokens": prompt_tokens + n_tokens * n_choices,
-            }
-            start = asyncio.get_running_loop().time()
-            if body.get("stream"):
-                response = await self._stream(request, body, chat, n_tokens, n_choices, finish, usage, start)
-            else:
-                response = await self._whole(body, chat, n_tokens, n_choices, finish, usage, start)
+            async with self._slot():
+                start = asyncio.get_running_loop().time()
+                if body.get("stream"):
+                    response = await self._stream(request, body, chat, n_tokens, n_choices, finish, usage, start)
+                else:
+                    response = await self._whole(body, chat, n_tokens, n_choices, finish, usage, start)
             self.completed += 1
             return response
         finally:
             self.in_flight -= 1
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of the engine's batch slots for the length of a generation (none to wait for without a limit)."""
+        async with self._slots or contextlib.nullcontext():
+            self._generating += 1
+            self.peak_generating = max(self.peak_generating, self._generating)
+            try:
+                yield
+            finally:
+                self._generating -= 1
 
     async def _parse(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -373,11 +396,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-model-len", type=int, default=32768, help="Context length reported and enforced."
     )
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=None, help="Batch slots: requests generating at once (else unlimited)."
+    )
     args = parser.parse_args(argv)
     for name in ("ttft_s", "tpot_s"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("output_tokens", "max_model_len"):
+    for name in ("output_tokens", "max_model_len", "max_num_seqs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -393,11 +419,12 @@ def main(argv: list[str] | None = None) -> None:
         tpot_s=args.tpot_s,
         output_tokens=args.output_tokens,
         max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
     )
     devices = {name: os.environ[name] for name in DEVICE_ENV_VARS if name in os.environ}
     logger.info(
         "SIMULATOR: evalcluster sim engine (not a model; outputs are filler, never scored) serving %r on "
-        "http://%s:%d (ttft_s=%s tpot_s=%s output_tokens=%s max_model_len=%s devices=%s)",
+        "http://%s:%d (ttft_s=%s tpot_s=%s output_tokens=%s max_model_len=%s max_num_seqs=%s devices=%s)",
         settings.served_model_name,
         args.host,
         args.port,
@@ -405,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.tpot_s,
         settings.output_tokens,
         settings.max_model_len,
+        settings.max_num_seqs,
         devices or "none",
     )
     # No access log: at thousands of requests per second it would cost more than the simulated work.

@@ -37,6 +37,15 @@ def test_cuda_command_is_vllm_own_server():
                     "--distributed-executor-backend", "mp", "--host", "127.0.0.1", "--port", "41001"]
 
 
+def test_sim_command_is_the_simulator_with_its_timing_and_slots():
+    engine = EngineConfig(kind="sim", platform="ascend", sim_ttft_s=0.3, sim_tpot_s=0.25, sim_output_tokens=8,
+                          sim_max_num_seqs=4)
+    argv = engine_command(ModelConfig(model=CKPT), engine, port=41002)
+    assert argv[1:] == ["-m", "serve_apps.sim_engine", "--served-model-name", "step_400", "--ttft-s", "0.3",
+                        "--tpot-s", "0.25", "--output-tokens", "8", "--max-num-seqs", "4",
+                        "--host", "127.0.0.1", "--port", "41002"]
+
+
 def test_cpu_command_single_device_adds_eager_mode_and_engine_args_in_order():
     model = ModelConfig(model="/m/tiny", served_model_name="tiny", dtype="float32",
                         engine_args={"max-num-seqs": 8, "enable_prefix_caching": False, "seed": 0})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -31,35 +33,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServer]:
+@contextlib.contextmanager
+def running_sim(*extra_args: str) -> Iterator[SimServer]:
+    """`python -m serve_apps.sim_engine` on a free port, healthy, stopped on exit."""
     port = _free_port()
     env = dict(os.environ, ASCEND_RT_VISIBLE_DEVICES="2,3")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serve_apps.sim_engine",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--served-model-name",
-            "sim-model",
-            "--ttft-s",
-            str(TTFT_S),
-            "--tpot-s",
-            str(TPOT_S),
-            "--output-tokens",
-            str(OUTPUT_TOKENS),
-            "--max-model-len",
-            "1000",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [sys.executable, "-m", "serve_apps.sim_engine", "--host", "127.0.0.1", "--port", str(port),
+            "--served-model-name", "sim-model", "--ttft-s", str(TTFT_S), "--tpot-s", str(TPOT_S),
+            "--output-tokens", str(OUTPUT_TOKENS), "--max-model-len", "1000", *extra_args]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -82,6 +65,12 @@ def sim() -> Iterator[SimServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    with running_sim() as server:
+        yield server
 
 
 def _stats(sim: SimServer) -> dict:
@@ -238,3 +227,29 @@ def test_start_log_says_simulator(sim: SimServer) -> None:
     assert sim.proc.stdout is not None
     first_line = sim.proc.stdout.readline().decode()
     assert "SIMULATOR" in first_line and "sim-model" in first_line
+
+
+def test_batch_slots_make_requests_wait_their_turn() -> None:
+    """With 2 slots, 4 simultaneous requests generate 2 at a time: the last two wait out a whole generation."""
+    one_generation_s = TTFT_S + (OUTPUT_TOKENS - 1) * TPOT_S
+
+    async def timed(client: httpx.AsyncClient, i: int) -> float:
+        t0 = time.perf_counter()
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": f"q{i}"}], "stream": i % 2 == 0}
+        response = await client.post("/v1/chat/completions", json=body)
+        await response.aread()
+        assert response.status_code == 200
+        return time.perf_counter() - t0
+
+    async def four(url: str) -> list[float]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return sorted(await asyncio.gather(*(timed(client, i) for i in range(4))))
+
+    with running_sim("--max-num-seqs", "2") as slotted:
+        latencies = asyncio.run(four(slotted.url))
+        stats = _stats(slotted)
+        card = httpx.get(f"{slotted.url}/v1/models").json()["data"][0]
+    assert stats["peak_generating"] == 2
+    assert stats["completed"] == 4 and stats["in_flight"] == 0
+    assert all(t >= 2 * one_generation_s for t in latencies[2:]), latencies
+    assert card["metadata"]["max_num_seqs"] == 2

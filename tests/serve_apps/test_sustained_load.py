@@ -9,6 +9,7 @@ while their pools and caches fill, then should stay put.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import psutil
@@ -51,11 +52,13 @@ def run_load(endpoint, auth, requests: int) -> None:
     warm = asyncio.run(load(endpoint.url, auth, requests // 4, 16))
     before = path_rss_mib()
     assert set(before) == set(PATH_PROCESSES), before
+    t0 = time.perf_counter()
     statuses = asyncio.run(load(endpoint.url, auth, requests, 16))
+    seconds = time.perf_counter() - t0
     after = path_rss_mib()
     assert [s for s in warm + statuses if s != 200] == []
     growth = {name: after[name] - before[name] for name in PATH_PROCESSES}
-    print(f"{requests} requests; RSS growth (MiB): {growth}")
+    print(f"{requests} requests in {seconds:.0f} s ({requests / seconds:.1f}/s); RSS growth (MiB): {growth}")
     assert all(g < ALLOWED_GROWTH_MIB for g in growth.values()), growth
     assert httpx.get(f"{endpoint.url}/health", timeout=10, trust_env=False).status_code == 200
 

@@ -1,0 +1,165 @@
+"""Benchmark 3: does evaluation time scale with the replicas serving a checkpoint, up to the engines' own limit?
+
+The simulated-latency engine with a batch-slot limit (`max_num_seqs`) has a capacity known in advance: R replicas
+of S slots finish N equal requests of T seconds each no sooner than ⌈N / (R·S)⌉ · T. One checkpoint is served by
+1, 2, 4, 8 and 16 replicas (tp 1) spread over a simulated 4-node × 4-NPU cluster, and evaluated through the shared
+endpoint by evalcluster's client actors; the ratio of the evaluation's wall time to that engine-bound ideal is the
+result (target ≤ 1.10 at every size).
+
+Then the long tail: the same requests with a few 20× longer, on 4 replicas, sent two ways with the same number in
+flight: evalcluster's dynamic distribution (clients lease work as slots free up) and static shards (each in-flight
+slot owns a fixed slice of the dataset up front, as a per-process split does). The bound for both is the larger of
+the total work spread over every slot and the longest single request.
+
+    python -m bench.scale [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+
+from cluster.simulate import SIM_ENV
+
+# Before anything imports Ray: several Ray nodes on one machine need Ray's multi-node switch at import time.
+os.environ.update(SIM_ENV)
+
+import asyncio  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+from ray import serve  # noqa: E402
+
+from bench.common import QUICK, Result, report  # noqa: E402
+from cluster.simulate import simulated_cluster  # noqa: E402
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult  # noqa: E402
+from eval_jobs.work import ClientSettings, distribute  # noqa: E402
+from serve_apps.config import EngineConfig, ModelConfig, ServeConfig  # noqa: E402
+from serve_apps.endpoint import Endpoint  # noqa: E402
+
+NODES, NPUS = 4, 4
+SIZES = (1, 2, 4, 8, 16)
+SLOTS = 4  # the simulated engine's max_num_seqs
+# About 2 s per request, 10 per slot: fine enough that the last round's imbalance costs little (with 2 slots and
+# 4 s requests, one engine finishing a request late cost 17 %: 1.17-1.23 at 4 to 16 replicas). At 16 replicas this
+# is ~30 streamed requests/s, which fills this 2-core box: the proxy, the ingress, 16 supervisors, 16 simulators and
+# the client actors share it (RESULTS.md, 2026-11-29).
+TTFT_S, TPOT_S, TOKENS = 0.3, 0.25, 8
+ROUNDS = 4 if QUICK else 10  # requests per slot
+# Clients keep twice the slots busy: Serve spreads requests over replicas by sampled queue lengths, not perfectly,
+# and a short queue at every engine keeps a slot from idling while another engine has two waiting. (Capping a
+# replica at its slots, `max_ongoing_requests`, instead leaves the queue in Serve's router, which retries full
+# replicas with a backoff: ~0.4 s per hand-off, 1.10 already at 1 replica.)
+OVERSUBSCRIBE = 2
+CLIENTS = 2
+# The long tail: on LONG_TAIL_REPLICAS replicas, LONG_COUNT of the requests (5%) generate LONG_FACTOR x the tokens.
+LONG_TAIL_REPLICAS, LONG_FACTOR = 4, 20
+LONG_ROUNDS = 8 if QUICK else 20
+LONG_COUNT = LONG_TAIL_REPLICAS * SLOTS * LONG_ROUNDS // 20
+LONG_TPOT_S = 0.05  # a 160-token answer at 0.25 s/token would make this part alone take minutes
+MODEL = "scale-ckpt"
+
+
+def generation_s(tokens: int, tpot_s: float) -> float:
+    return TTFT_S + (tokens - 1) * tpot_s
+
+
+def requests_for(url: str, max_tokens: list[int]) -> list[SampleRequest]:
+    return [SampleRequest(key=SampleKey(MODEL, "bench", i, 0), endpoint=url,
+                          body={"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}],
+                                "max_tokens": n}) for i, n in enumerate(max_tokens)]
+
+
+def evaluate(requests: list[SampleRequest], in_flight: int) -> tuple[float, list[SampleResult]]:
+    """evalcluster's client actors on `requests`; (seconds from the first request sent to the last answer,
+    results). Actor start-up is left out: it is a fixed cost per job, measured cold in client_vs_peers."""
+    settings = ClientSettings(concurrency=max(1, in_flight // CLIENTS), lease_size=4, timeout_s=600, max_retries=0,
+                              backoff_s=0)
+    results: list[SampleResult] = []
+    distribute(requests, settings, CLIENTS, results.extend)
+    return max(r.finished_at for r in results) - min(r.started_at for r in results), results
+
+
+async def _static(url: str, shards: list[list[dict]]) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=600, trust_env=False,
+                                 limits=httpx.Limits(max_connections=len(shards))) as client:
+        async def worker(shard: list[dict]) -> None:
+            for body in shard:
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(shard) for shard in shards))
+        return time.perf_counter() - t0
+
+
+def static_shards(requests: list[SampleRequest], workers: int) -> float:
+    """Each of `workers` in-flight slots gets a contiguous slice up front and sends it in order; seconds taken."""
+    size = -(-len(requests) // workers)
+    shards = [[r.body for r in requests[i:i + size]] for i in range(0, len(requests), size)]
+    return asyncio.run(_static(requests[0].endpoint, shards))
+
+
+def deploy(endpoint: Endpoint, replicas: int, engine: EngineConfig | None = None) -> None:
+    endpoint.add_models([ModelConfig(model=f"/ckpt/{MODEL}", num_replicas=replicas)], engine=engine)
+
+
+def scaling(endpoint: Endpoint, sizes: tuple[int, ...] = SIZES) -> list[Result]:
+    """Equal requests, ROUNDS per slot, on each number of replicas: wall time over the engine-bound ideal."""
+    results = []
+    ideal = ROUNDS * generation_s(TOKENS, TPOT_S)
+    for replicas in sizes:
+        slots = replicas * SLOTS
+        deploy(endpoint, replicas)
+        requests = requests_for(endpoint.url, [TOKENS] * (slots * ROUNDS))
+        wall, records = evaluate(requests, OVERSUBSCRIBE * slots)
+        endpoint.remove_model(MODEL)
+        failed = sum(r.status != "ok" for r in records)
+        print(f"{replicas:>2} replicas: {len(requests)} requests in {wall:.1f} s, ideal {ideal:.1f} s, "
+              f"{len(requests) / wall:.1f} req/s, {failed} failed", flush=True)
+        results.append(Result("scale", f"wall/engine-bound ideal, {replicas} replicas", wall / ideal, target="<= 1.10",
+                              note=f"{len(requests)} requests, {slots} slots, ideal {ideal:.1f} s"
+                              + (f", {failed} FAILED" if failed else "")))
+    return results
+
+
+def long_tail(endpoint: Endpoint) -> list[Result]:
+    """A few requests LONG_FACTOR x longer, placed at random: evalcluster's dynamic distribution vs static shards,
+    the same requests with the same number in flight."""
+    slots = LONG_TAIL_REPLICAS * SLOTS
+    deploy(endpoint, LONG_TAIL_REPLICAS, endpoint.cfg.engine.model_copy(update={"sim_tpot_s": LONG_TPOT_S}))
+    lengths = [TOKENS] * (slots * LONG_ROUNDS)
+    for i in random.Random(0).sample(range(len(lengths)), LONG_COUNT):
+        lengths[i] = TOKENS * LONG_FACTOR
+    requests = requests_for(endpoint.url, lengths)
+    work = [generation_s(n, LONG_TPOT_S) for n in lengths]
+    bound = max(sum(work) / slots, max(work))
+    static_s = static_shards(requests, slots)
+    dynamic_s, records = evaluate(requests, slots)
+    endpoint.remove_model(MODEL)
+    failed = sum(r.status != "ok" for r in records)
+    print(f"long tail: {len(requests)} requests ({LONG_COUNT} x{LONG_FACTOR} longer) on {slots} slots: "
+          f"dynamic {dynamic_s:.1f} s, static {static_s:.1f} s, bound {bound:.1f} s", flush=True)
+    note = f"{len(requests)} requests, {LONG_COUNT} of them {LONG_FACTOR}x longer, {slots} in flight"
+    return [
+        Result("scale", "long tail: dynamic/bound", dynamic_s / bound, note=note + (f", {failed} FAILED" if failed else "")),
+        Result("scale", "long tail: static shards/bound", static_s / bound, note=note),
+        Result("scale", "long tail: static/dynamic", static_s / dynamic_s,
+               note="above 1: dynamic distribution finishes first"),
+    ]
+
+
+def main() -> None:
+    engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0, startup_timeout_s=300,
+                          sim_ttft_s=TTFT_S, sim_tpot_s=TPOT_S, sim_max_num_seqs=SLOTS)
+    with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2):
+        endpoint = Endpoint(ServeConfig(port=0, engine=engine)).start()
+        try:
+            results = scaling(endpoint) + long_tail(endpoint)
+        finally:
+            serve.shutdown()
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
