@@ -20,6 +20,7 @@ import cluster  # noqa: F401  (before anything imports ray: it sets Ray's enviro
 from cluster.config import ClusterConfig
 from cluster.connection import ray_session
 from cluster.paths import REPO_ROOT, evalcluster_home
+from eval_jobs.config import GenerationConfig
 from serve_apps.config import EngineConfig
 from serve_apps.engine_process import free_port
 
@@ -33,6 +34,13 @@ ENGINE_PYTHON = EngineConfig().resolved_python()
 LOG_DIR = evalcluster_home() / "bench-logs"
 # bench.run sets this so it can collect every script's results without parsing their output.
 RESULTS_ENV = "BENCH_RESULTS_FILE"
+
+
+def eval_body(model: str, messages: list[dict], max_tokens: int, **generation) -> dict:
+    """The body an evaluation sends for one sample (before its client adds streaming options), with evalcluster's
+    default generation settings: what every peer of a benchmark sends too, so the engine does the same work."""
+    fields = GenerationConfig(max_out_len=max_tokens, **generation).request_fields(repeat=0, row_max_out_len=None)
+    return {"model": model, "messages": messages, **fields}
 
 
 # ---------------------------------------------------------------- Ray

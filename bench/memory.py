@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import QUICK, Result, local_ray, report, sim_server
+from bench.common import QUICK, Result, eval_body, local_ray, report, sim_server
 from eval_jobs.records import SampleKey, SampleRequest
 from eval_jobs.store import SampleStore
 from eval_jobs.work import ClientSettings, distribute
@@ -54,8 +54,7 @@ def measure(size: int) -> dict[str, float]:
     with local_ray(num_cpus=2), sim_server("sim") as url, tempfile.TemporaryDirectory() as tmp:
         store = SampleStore(Path(tmp) / "samples.jsonl")
         requests = [SampleRequest(key=SampleKey("sim", "bench", i, 0), endpoint=url,
-                                  body={"model": "sim", "messages": [{"role": "user", "content": f"{PROMPT}{i}"}],
-                                        "max_tokens": 4})
+                                  body=eval_body("sim", [{"role": "user", "content": f"{PROMPT}{i}"}], 4))
                     for i in range(size)]
         settings = ClientSettings(concurrency=16, lease_size=4, timeout_s=60, max_retries=1, backoff_s=0.1)
         sampler = threading.Thread(target=sample, daemon=True)

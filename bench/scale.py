@@ -30,7 +30,7 @@ import time  # noqa: E402
 import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 
-from bench.common import QUICK, Result, report  # noqa: E402
+from bench.common import QUICK, Result, eval_body, report  # noqa: E402
 from cluster.simulate import simulated_cluster  # noqa: E402
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult  # noqa: E402
 from eval_jobs.work import ClientSettings, distribute  # noqa: E402
@@ -40,12 +40,12 @@ from serve_apps.endpoint import Endpoint  # noqa: E402
 NODES, NPUS = 4, 4
 SIZES = (1, 2, 4, 8, 16)
 SLOTS = 4  # the simulated engine's max_num_seqs
-# About 2 s per request, 10 per slot: fine enough that the last round's imbalance costs little (with 2 slots and
-# 4 s requests, one engine finishing a request late cost 17 %: 1.17-1.23 at 4 to 16 replicas). At 16 replicas this
-# is ~30 streamed requests/s, which fills this 2-core box: the proxy, the ingress, 16 supervisors, 16 simulators and
-# the client actors share it (RESULTS.md, 2026-11-29).
+# About 2 s per request. 20 per slot: requests are handed to engines ahead of their slots (below), so when the
+# dataset runs out some engines hold one or two more than others (37-42 of 40 each at 16 replicas, measured), and
+# the ones with more run one extra request's time after the rest are idle. That end effect is one request's time
+# whatever the dataset's size: 10 % of a 10-per-slot run, 5 % of this one (RESULTS.md, 2026-11-29).
 TTFT_S, TPOT_S, TOKENS = 0.3, 0.25, 8
-ROUNDS = 4 if QUICK else 10  # requests per slot
+ROUNDS = 4 if QUICK else 20  # requests per slot
 # Clients keep twice the slots busy: Serve spreads requests over replicas by sampled queue lengths, not perfectly,
 # and a short queue at every engine keeps a slot from idling while another engine has two waiting. (Capping a
 # replica at its slots, `max_ongoing_requests`, instead leaves the queue in Serve's router, which retries full
@@ -66,8 +66,8 @@ def generation_s(tokens: int, tpot_s: float) -> float:
 
 def requests_for(url: str, max_tokens: list[int]) -> list[SampleRequest]:
     return [SampleRequest(key=SampleKey(MODEL, "bench", i, 0), endpoint=url,
-                          body={"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}],
-                                "max_tokens": n}) for i, n in enumerate(max_tokens)]
+                          body=eval_body(MODEL, [{"role": "user", "content": f"question {i}"}], n))
+            for i, n in enumerate(max_tokens)]
 
 
 def evaluate(requests: list[SampleRequest], in_flight: int) -> tuple[float, list[SampleResult]]:

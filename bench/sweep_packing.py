@@ -36,7 +36,7 @@ TP_SIZES = [8, 4, 2, 2] * 4
 # 2 cores, which must stay far from their limit for the evaluation time to be the engines'.
 TTFT_S, TPOT_S, TOKENS = 0.05, 0.15, 8
 CONCURRENCY = 4
-REPEATS = 2 if QUICK else 4  # × 50 demo rows = samples per checkpoint
+REPEATS = 1 if QUICK else 2  # × 50 demo rows = samples per checkpoint
 
 
 def ideal_waves(sizes: list[int]) -> int:

@@ -15,7 +15,7 @@ drift. A request starts generating on arrival, or, with `--max-num-seqs N` (vLLM
 than N others are generating: the rest wait in arrival order, as in vLLM's scheduler. With a slot limit an
 engine has a capacity, so evaluation time has an engine-bound ideal to compare against (bench/scale.py).
 Output length is `min(max_tokens, --output-tokens)`; `max_tokens` defaults to 16 when the request leaves it
-unset.
+unset. A streamed request's `stream_interval` groups tokens into chunks as vLLM does.
 """
 
 from __future__ import annotations
@@ -111,6 +111,15 @@ def _first_set(body: dict[str, Any], *keys: str, default: Any) -> Any:
     return next((body[k] for k in keys if body.get(k) is not None), default)
 
 
+def stream_interval(body: dict[str, Any]) -> int:
+    """Tokens per streamed chunk the request asks for (vLLM's `stream_interval`; 1 when unset)."""
+    value = _first_set(body, "stream_interval", default=1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RequestError(400, f"stream_interval must be at least 1, got {value!r}.", "BadRequestError",
+                           "stream_interval")
+    return value
+
+
 def _token_text(index: int) -> str:
     return "sim" if index == 0 else " sim"
 
@@ -197,6 +206,7 @@ class SimEngine:
             prompt = _message_text(body.get("messages")) if chat else _prompt_text(body.get("prompt"))
             prompt_tokens = _count_tokens(prompt)
             n_tokens, n_choices, finish = self._lengths(body, prompt_tokens)
+            stream_interval(body)
         except RequestError as exc:
             self.rejected += 1
             return _error_response(exc)
@@ -325,7 +335,8 @@ class SimEngine:
         usage: dict[str, int],
         start: float,
     ) -> web.StreamResponse:
-        """SSE like vLLM's: a token per chunk and choice, finish_reason on the last, optional usage chunk."""
+        """SSE like vLLM's: a token per chunk and choice (or `stream_interval` tokens), finish_reason on the last,
+        optional usage chunk."""
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -345,33 +356,41 @@ class SimEngine:
                 chunk["usage"] = chunk_usage
             return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
-        def token_chunk(t: int) -> bytes:
-            last = t == n_tokens - 1
-            reason = finish if last else None
+        def token_chunk(first: int, end: int) -> bytes:
+            """Tokens first..end-1 in one chunk per choice."""
+            text = "".join(_token_text(t) for t in range(first, end))
+            reason = finish if end == n_tokens else None
             if chat:
                 # vLLM sends the role with the first token, not before it: TTFT is the first chunk's arrival.
-                delta = (
-                    {"role": "assistant", "content": _token_text(t)}
-                    if t == 0
-                    else {"content": _token_text(t)}
-                )
+                delta = {"role": "assistant", "content": text} if first == 0 else {"content": text}
                 choices = [
                     {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
                     for i in range(n_choices)
                 ]
             else:
                 choices = [
-                    {"index": i, "text": _token_text(t), "logprobs": None, "finish_reason": reason}
+                    {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
                     for i in range(n_choices)
                 ]
             return encode(choices)
 
-        # Every chunk between the first and the last is the same bytes: encode it once (halves CPU per
-        # stream).
-        middle = token_chunk(1) if n_tokens > 2 else b""
+        # vLLM's stream_interval: the first token at once, then a chunk whenever `interval` more are ready, and
+        # whatever is left at the end. Chunks between the first and the last of the same size are the same
+        # bytes: encode each size once (halves CPU per stream).
+        interval = stream_interval(body)
+        middle: dict[int, bytes] = {}
+        sent = 0
         for t in range(n_tokens):
+            end = t + 1
+            if sent and end - sent < interval and end < n_tokens:
+                continue
             await self._sleep_until(self._deadline(start, t))
-            await response.write(middle if 0 < t < n_tokens - 1 else token_chunk(t))
+            if sent and end < n_tokens:
+                chunk = middle.get(end - sent) or middle.setdefault(end - sent, token_chunk(sent, end))
+            else:
+                chunk = token_chunk(sent, end)
+            await response.write(chunk)
+            sent = end
         if include_usage:
             await response.write(encode([], usage))
         await response.write(b"data: [DONE]\n\n")

@@ -78,6 +78,21 @@ def test_chat_stream_arrives_incrementally_and_ends_with_done(endpoint, auth):
     assert arrivals[-1][0] - arrivals[0][0] > 0.05
 
 
+def test_stream_interval_reaches_vllm_and_groups_tokens(endpoint, auth):
+    # What evaluation requests ask for (eval.generation.stream_interval): vLLM sends the first token alone, then
+    # a chunk per 8 tokens, the rest with the finish reason, so every hop back to the client carries 4 messages.
+    body = {**CHAT, "model": "tiny-b", "stream": True, "max_tokens": 20, "ignore_eos": True, "stream_interval": 8,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body, headers=auth, timeout=120) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[5:]) for line in r.iter_lines()
+                  if line.startswith("data:") and not line.endswith("[DONE]")]
+    content_chunks = [e for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert len(content_chunks) == 4
+    assert content_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["usage"]["completion_tokens"] == 20
+
+
 def test_completions_route_streaming_and_not(client, endpoint, auth):
     plain = client.post("/v1/completions", json={"model": "tiny-a", "prompt": "Hello", "max_tokens": 5,
                                                  "temperature": 0})

@@ -187,6 +187,23 @@ def test_streaming_completion_without_usage(sim: SimServer) -> None:
     assert "usage" not in chunks[-1]
 
 
+def test_stream_interval_sends_the_first_token_at_once_then_groups(sim: SimServer) -> None:
+    # vLLM's rule: the first token alone, then a chunk per `stream_interval` tokens, the remainder last.
+    start = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{sim.url}/v1/completions",
+        json={"model": "sim-model", "prompt": "x", "max_tokens": OUTPUT_TOKENS, "stream": True, "stream_interval": 4},
+        timeout=30,
+    ) as response:
+        chunks, times, done = _sse(response)
+    assert done
+    assert [c["choices"][0]["text"] for c in chunks] == ["sim", " sim sim sim sim", " sim"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "length"]
+    assert times[0] - start >= TTFT_S
+    assert times[1] - start >= TTFT_S + 4 * TPOT_S
+
+
 def test_unknown_model_is_an_openai_404(sim: SimServer) -> None:
     r = httpx.post(
         f"{sim.url}/v1/chat/completions",
@@ -204,6 +221,10 @@ def test_bad_requests_are_400(sim: SimServer) -> None:
         f"{sim.url}/v1/completions", json={"model": "sim-model", "prompt": "x", "max_tokens": 5000}
     )
     assert r.status_code == 400 and "maximum context length is 1000" in r.json()["error"]["message"]
+    r = httpx.post(
+        f"{sim.url}/v1/completions", json={"model": "sim-model", "prompt": "x", "stream": True, "stream_interval": 0}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream_interval"
 
 
 def test_stats_count_requests_and_report_visible_devices(sim: SimServer) -> None:
