@@ -27,8 +27,8 @@ models = [dict(attr="service", type=VLLMCustomAPIChat, abbr="bench-general-chat"
 """
 
 
-def run_ais_bench(url: str, model: str, concurrency: int, max_tokens: int, tag: str,
-                  num_prompts: int | None = None, data_dir: Path | None = None, infer_only: bool = False) -> float | None:
+def run_ais_bench(url: str, model: str, concurrency: int, max_tokens: int, tag: str, num_prompts: int | None = None,
+                  data_dir: Path | None = None, infer_only: bool = False) -> float | None:
     """Wall seconds of one `ais_bench` run of the demo dataset (start-up, inference, scoring, summary; with
     `infer_only`, its `--mode infer`: start-up and inference), or None if it failed. `data_dir` replaces the datasets
     cache (for a bigger demo_arith file). Its configs, log and outputs stay under the bench log dir as

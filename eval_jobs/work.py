@@ -2,9 +2,9 @@
 
 The driver is the only writer of the run's store: it takes finished results from the queue, appends them durably,
 and only then counts them. Clients hand their answers back with their next lease. A client that dies loses nothing
-but its leases and the answers it had not handed back yet: the samples go back to the queue (at once when the
-driver sees the death, or when the lease expires) and are sent again; a result that arrives for a sample already finished
-elsewhere is dropped, so every key is reported once.
+but its leases and the answers it had not handed back yet: those samples go back to the queue (at once when the
+driver sees the death, or when the lease expires) and are sent again; a result that arrives for a sample already
+finished elsewhere is dropped, so every key is reported once.
 """
 
 from __future__ import annotations
