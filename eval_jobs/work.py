@@ -14,7 +14,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import ray
@@ -55,9 +55,9 @@ class WorkQueue:
         self._results: list[SampleResult] = []
         self._lease_timeout_s = lease_timeout_s
 
-    def lease(self, client: str, n: int, finished: list[SampleResult] = ()) -> list[SampleRequest]:
+    def lease(self, client: str, n: int, finished: Sequence[SampleResult] = ()) -> list[SampleRequest]:
         """Record `finished` (what the client completed since its last call), then lease it up to `n` more."""
-        self.report(finished)
+        self._record(finished)
         self._requeue(lambda holder, leased_at: time.monotonic() - leased_at > self._lease_timeout_s)
         batch = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
         now = time.monotonic()
@@ -65,7 +65,7 @@ class WorkQueue:
             self._leases[request.key] = (client, now, request)
         return batch
 
-    def report(self, results: list[SampleResult]) -> None:
+    def _record(self, results: Sequence[SampleResult]) -> None:
         for result in results:
             if result.key in self._finished:
                 continue  # finished already by a client that took over an expired lease

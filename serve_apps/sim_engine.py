@@ -385,11 +385,12 @@ class SimEngine:
             if sent and end - sent < interval and end < n_tokens:
                 continue
             await self._sleep_until(self._deadline(start, t))
-            if sent and end < n_tokens:
-                chunk = middle.get(end - sent) or middle.setdefault(end - sent, token_chunk(sent, end))
+            if not sent or end == n_tokens:
+                await response.write(token_chunk(sent, end))
             else:
-                chunk = token_chunk(sent, end)
-            await response.write(chunk)
+                if end - sent not in middle:
+                    middle[end - sent] = token_chunk(sent, end)
+                await response.write(middle[end - sent])
             sent = end
         if include_usage:
             await response.write(encode([], usage))
