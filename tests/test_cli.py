@@ -102,7 +102,10 @@ def test_serve_smollm2_answers_curl_style_requests_and_the_openai_client_then_st
             answer.choices[0].message.content
 
         server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=120) == 0
+        # communicate, not wait: the shutdown's output must keep draining, or a full pipe would block the server.
+        rest, _ = server.communicate(timeout=120)
+        assert server.returncode == 0, rest[-3000:]
+        assert "shutting down the endpoint" in rest
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
