@@ -62,7 +62,8 @@ def test_requests_are_routed_by_model(client, endpoint):
 
 
 def test_chat_stream_arrives_incrementally_and_ends_with_done(endpoint, auth):
-    body = {**CHAT, "model": "tiny-b", "stream": True, "max_tokens": 24, "ignore_eos": True}
+    # Enough tokens that even a fast CPU takes well over 50 ms to generate them (24 once came in 29 ms).
+    body = {**CHAT, "model": "tiny-b", "stream": True, "max_tokens": 256, "ignore_eos": True}
     arrivals: list[tuple[float, str]] = []
     with httpx.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body, headers=auth, timeout=120) as r:
         assert r.status_code == 200
