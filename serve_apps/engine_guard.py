@@ -58,17 +58,24 @@ def _others_left() -> bool:
     return False
 
 
+def _term_when_parent_dies() -> None:
+    """Ask the kernel for SIGTERM when this process's parent dies; exit at once if it already has."""
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] != "--" or len(argv) < 2:
         sys.exit("usage: python -m serve_apps.engine_guard -- ENGINE ARGV...")
     if os.getpgid(0) != os.getpid():
         os.setsid()  # lead our own group, so killpg(0) never reaches the supervisor
     # Our parent is the supervisor replica: if it dies, the kernel tells us with SIGTERM.
-    parent = os.getppid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the line above took effect
-        sys.exit(1)
-    engine = subprocess.Popen(argv[1:])
+    _term_when_parent_dies()
+    # And the engine is told when we die: SIGKILL gives us no chance to end the group (Ray kills a dead worker's
+    # children that way), and an engine left behind keeps its memory and port (seen in the fault tests).
+    engine = subprocess.Popen(argv[1:], preexec_fn=_term_when_parent_dies)
     signal.signal(signal.SIGTERM, lambda *_: _end_group(engine, 143))
     signal.signal(signal.SIGINT, lambda *_: _end_group(engine, 130))
     code = engine.wait()

@@ -148,14 +148,17 @@ class IngressMetrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "evalcluster_request_seconds", "Time to the engine's response head", ["route", "model"],
+            "evalcluster_request_seconds", "Time to the engine's first bytes (a whole answer, or a stream's first chunk)",
+            ["route", "model"],
             registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
         )
 
 
-async def _rest(stream):
-    """The engine's remaining bytes, as they arrive (the head was consumed to set status and content type)."""
-    async for chunk in stream:
+async def _stream_from(first: bytes, rest):
+    """The engine's stream: the bytes that came with the head, then the rest as they arrive."""
+    if first:
+        yield first
+    async for chunk in rest:
         yield chunk
 
 
@@ -196,8 +199,7 @@ class OpenAIIngress:
         try:
             stream = (await self._models.handle(name)).forward.remote("GET", "/v1/models")
             head = await stream.__anext__()
-            body = b"".join([chunk async for chunk in stream])
-            return json.loads(body)["data"] if head["status"] == 200 else []
+            return json.loads(head["body"])["data"] if head["status"] == 200 else []
         except Exception:  # a checkpoint being removed or restarted is simply not listed this time
             return []
 
@@ -221,7 +223,7 @@ class OpenAIIngress:
         self._metrics.latency.labels(path, model).observe(time.perf_counter() - started)
         self._metrics.requests.labels(path, model, str(head["status"])).inc()
         if "text/event-stream" in head["content_type"]:
-            return StreamingResponse(_rest(stream), status_code=head["status"], media_type=head["content_type"])
-        # Non-streaming answers are collected so the client gets a Content-Length, exactly as the engine sent it.
-        content = b"".join([chunk async for chunk in stream])
-        return Response(content, status_code=head["status"], media_type=head["content_type"] or None)
+            return StreamingResponse(_stream_from(head["body"], stream), status_code=head["status"],
+                                     media_type=head["content_type"])
+        # A whole answer comes with its head, and goes out with a Content-Length, exactly as the engine sent it.
+        return Response(head["body"], status_code=head["status"], media_type=head["content_type"] or None)

@@ -55,7 +55,9 @@ class EngineSupervisor:
         log.info("engine for %s ready at %s (pid %s)", model.name, self._engine.base_url, self._engine.proc.pid)
 
     async def forward(self, method: str, path: str, body: bytes | None = None) -> AsyncIterator[dict | bytes]:
-        """Yield {'status', 'content_type'} first, then the engine's response bytes as they arrive."""
+        """Yield {'status', 'content_type', 'body'} first, then the rest of the engine's response bytes as they
+        arrive. `body` is the whole answer when it is not a stream, else the stream's first bytes: every message
+        through Ray costs the host a few milliseconds, so the head never travels alone."""
         request = self._client.build_request(
             method, path, content=body, headers={"content-type": "application/json"} if body else None
         )
@@ -66,8 +68,14 @@ class EngineSupervisor:
                 f"engine for {self._model.name!r} is unreachable ({type(exc).__name__}); it is being restarted"
             ) from None
         try:
-            yield {"status": response.status_code, "content_type": response.headers.get("content-type", "")}
-            async for chunk in response.aiter_raw():
+            content_type = response.headers.get("content-type", "")
+            head = {"status": response.status_code, "content_type": content_type}
+            if "text/event-stream" not in content_type:
+                yield {**head, "body": await response.aread()}
+                return
+            chunks = response.aiter_raw()
+            yield {**head, "body": await anext(chunks, b"")}
+            async for chunk in chunks:
                 yield chunk
         finally:
             await response.aclose()

@@ -102,8 +102,14 @@ def test_serve_smollm2_answers_curl_style_requests_and_the_openai_client_then_st
             answer.choices[0].message.content
 
         server.send_signal(signal.SIGINT)
-        # communicate, not wait: the shutdown's output must keep draining, or a full pipe would block the server.
-        rest, _ = server.communicate(timeout=120)
+        # communicate, not wait: the shutdown's output keeps draining. 300 s: in the full suite this shutdown
+        # outlasted 120 s in three CI runs on 2026-11-29 while taking seconds alone (cause not found yet).
+        try:
+            rest, _ = server.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            rest, _ = server.communicate()
+            pytest.fail(f"no exit 300 s after Ctrl-C; its output:\n{rest[-3000:]}")
         assert server.returncode == 0, rest[-3000:]
         assert "shutting down the endpoint" in rest
     finally:
