@@ -55,11 +55,15 @@ def minimal(url: str, messages: list, concurrency: int) -> tuple[float, int]:
     return seconds, sum(t.completion_tokens or 0 for t in timings)
 
 
+def eval_section(url: str, concurrency: int, out: Path, limit: int | None = LIMIT) -> dict:
+    """The job's `eval:` section: the demo dataset against `url` with one client actor."""
+    return {"endpoint": url, "models": [NAME], "datasets": [DATASET], "limit": limit, "clients": 1,
+            "concurrency": concurrency, "output": str(out), "generation": {"max_out_len": MAX_TOKENS, "temperature": 0}}
+
+
 def evalcluster(url: str, concurrency: int, out: Path, limit: int | None = LIMIT) -> tuple[float, float, int]:
     """(wall seconds of run_job, seconds from first request sent to last answer, completion tokens)."""
-    job = JobConfig(eval={"endpoint": url, "models": [NAME], "datasets": [DATASET], "limit": limit, "clients": 1,
-                          "concurrency": concurrency, "output": str(out),
-                          "generation": {"max_out_len": MAX_TOKENS, "temperature": 0}})
+    job = JobConfig(eval=eval_section(url, concurrency, out, limit))
     t0 = time.perf_counter()
     run_job(job)
     seconds = time.perf_counter() - t0
@@ -72,9 +76,7 @@ def evalcluster_cold(url: str, concurrency: int, out: Path) -> float | None:
     """Wall seconds of `python -m eval_jobs.run CONFIG` in a new process (embedded Ray started and stopped,
     imports, scoring, report), or None if it failed."""
     config = out.with_suffix(".yaml")
-    config.write_text(yaml.safe_dump({"cluster": {}, "eval": {
-        "endpoint": url, "models": [NAME], "datasets": [DATASET], "limit": LIMIT, "clients": 1,
-        "concurrency": concurrency, "output": str(out), "generation": {"max_out_len": MAX_TOKENS, "temperature": 0}}}))
+    config.write_text(yaml.safe_dump({"cluster": {}, "eval": eval_section(url, concurrency, out)}))
     t0 = time.perf_counter()
     job = subprocess.run([sys.executable, "-m", "eval_jobs.run", str(config)], capture_output=True, text=True,
                          check=False)

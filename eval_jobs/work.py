@@ -110,8 +110,10 @@ class EvalClient:
                 free = s.concurrency - len(in_flight)
                 # Results go back with the next lease: one call to the queue per turn instead of two per sample
                 # (at ~500 samples/s the queue actor was a third of a core).
-                batch = await queue.lease.remote(self._name, min(free, s.lease_size), finished) if free else []
-                finished = []
+                batch = []
+                if free:  # always so when there are finished results: their tasks freed their slots
+                    batch = await queue.lease.remote(self._name, min(free, s.lease_size), finished)
+                    finished = []
                 for request in batch:
                     in_flight.add(asyncio.create_task(self._one(session, request)))
                 sent += len(batch)

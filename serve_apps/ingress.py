@@ -148,10 +148,17 @@ class IngressMetrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "evalcluster_request_seconds", "Time to the engine's first bytes (a whole answer, or a stream's first chunk)",
-            ["route", "model"],
+            "evalcluster_request_seconds",
+            "Time to the engine's first bytes (a whole answer, or a stream's first chunk)", ["route", "model"],
             registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
         )
+
+
+async def _finish(stream) -> None:
+    """Read a response stream to its end. After a whole answer only the end-of-stream marker is left; reading it
+    ends the call here rather than leaving it to garbage collection."""
+    async for _ in stream:
+        pass
 
 
 async def _stream_from(first: bytes, rest):
@@ -199,6 +206,7 @@ class OpenAIIngress:
         try:
             stream = (await self._models.handle(name)).forward.remote("GET", "/v1/models")
             head = await stream.__anext__()
+            await _finish(stream)
             return json.loads(head["body"])["data"] if head["status"] == 200 else []
         except Exception:  # a checkpoint being removed or restarted is simply not listed this time
             return []
@@ -226,4 +234,5 @@ class OpenAIIngress:
             return StreamingResponse(_stream_from(head["body"], stream), status_code=head["status"],
                                      media_type=head["content_type"])
         # A whole answer comes with its head, and goes out with a Content-Length, exactly as the engine sent it.
+        await _finish(stream)
         return Response(head["body"], status_code=head["status"], media_type=head["content_type"] or None)
