@@ -104,15 +104,15 @@ class Ledger:
         """Best fit for every replica (the node it leaves with the fewest free devices, so whole nodes stay whole
         for large replicas), or nothing (None) when they don't all fit now."""
         trial = {node: dict(res) for node, res in self.free.items()}
-        key = needs.device_key or "CPU"
+        device = needs.device_key or "CPU"
         placed = []
         for _ in range(replicas):
             candidates = [n for n, res in trial.items() if fits(needs.resources, res)]
             if not candidates:
                 return None
-            node = min(candidates, key=lambda n: trial[n].get(key, 0.0))
-            for key, value in needs.resources.items():
-                trial[node][key] = trial[node].get(key, 0.0) - value
+            node = min(candidates, key=lambda n: trial[n].get(device, 0.0))
+            for resource, amount in needs.resources.items():
+                trial[node][resource] = trial[node].get(resource, 0.0) - amount
             placed.append(node)
         self.free = trial
         self.held[name] = [(node, dict(needs.resources)) for node in placed]
