@@ -43,7 +43,10 @@ def connect(cfg: ClusterConfig) -> bool:
     try:
         if address:
             # Jobs submitted with `ray job submit` land here with RAY_ADDRESS set by the job supervisor.
-            node_ip = {"_node_ip_address": cfg.node_ip_address} if cfg.node_ip_address else {}
+            # A driver on a machine whose Ray node is not at its default address (a simulated cluster's host
+            # side) must name its node, or Ray looks for a raylet that isn't there.
+            ip = cfg.node_ip_address or os.environ.get("EVALCLUSTER_NODE_IP_ADDRESS")
+            node_ip = {"_node_ip_address": ip} if ip else {}
             ray.init(address=address, namespace=cfg.namespace, log_to_driver=False, **node_ip)
             return False
         ray.init(

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from cluster.connection import ensure_auth_token
 from cluster.errors import ClusterConnectionError, ConfigError
+from cluster.hosts import HostNetwork, destroy_network
 from cluster.paths import REPO_ROOT, evalcluster_home
 from cluster.planner import (
     dashboard_url,
@@ -98,10 +99,11 @@ class StartedNode:
     """One `ray start --block` process this machine started."""
 
     pid: int
-    role: Literal["head", "worker"]
+    role: Literal["head", "worker", "driver"]  # driver: a node without resources where drivers attach
     node_ip: str
     resources: dict[str, float]
     log: str
+    netns: str | None = None  # the simulated host it runs on (cluster.hosts)
 
 
 @dataclass
@@ -115,6 +117,8 @@ class ClusterState:
     token_path: str | None = None
     simulated: bool = False
     nodes: list[StartedNode] = field(default_factory=list)
+    driver_ip: str | None = None  # this machine's address in the cluster, for drivers started here
+    network: dict[str, Any] | None = None  # the simulated hosts (cluster.hosts.HostNetwork), removed at `down`
 
     def client_env(self) -> dict[str, str]:
         """Environment a client (driver, `ray job submit`, `ray status`) needs to reach this cluster."""
@@ -127,6 +131,8 @@ class ClusterState:
         }
         if self.token_path:
             env["RAY_AUTH_TOKEN_PATH"] = self.token_path
+        if self.driver_ip:
+            env["EVALCLUSTER_NODE_IP_ADDRESS"] = self.driver_ip  # read by cluster.connection
         return env
 
 
@@ -394,10 +400,12 @@ def cluster_down(timeout_s: float = 30.0) -> list[int]:
     if state is None:
         return []
     # Workers first: a head that goes first leaves them retrying to reach it.
-    pids = [n.pid for n in state.nodes if n.role == "worker"][::-1] + [
+    pids = [n.pid for n in state.nodes if n.role != "head"][::-1] + [
         n.pid for n in state.nodes if n.role == "head"
     ]
     stopped = stop_pids(pids[:-1], timeout_s) + stop_pids(pids[-1:], timeout_s) if pids else []
+    if state.network:
+        destroy_network(HostNetwork.from_dict(state.network))
     state_path().unlink(missing_ok=True)
     return stopped
 

@@ -1,19 +1,26 @@
 """The transport: one streamed chat completion per sample, with a finite timeout and retries.
 
-    async with make_client(concurrency=32) as session:
-        result = await send_chat(session, request, timeout_s=600, max_retries=3, backoff_s=1.0)
+    async with Transports(concurrency=32) as transports:
+        result = await send_chat(transports, request, timeout_s=600, max_retries=3, backoff_s=1.0)
         # result.status is "ok" or "failed"; a per-sample failure is a record, never an exception
 
-Responses are streamed (SSE) so time to first token can be measured; reasoning content is kept apart from the
-answer, as vLLM sends it (`delta.reasoning_content`, or `delta.reasoning` in newer versions).
+A request goes where its `endpoint` says: an `http://` URL (any OpenAI-compatible server, through httpx), or
+`serve:engine:NAME`, the cluster's own engine supervisors through Serve deployment handles. The second is the
+data plane of jobs that evaluate this cluster's checkpoints: Ray routes each call to a replica on any host, and no
+process is shared by all replicas (the HTTP endpoint funnels every request through one proxy and one ingress, and
+its loopback address exists only on the head). Both carry the engine's own bytes, so the stream is read the same
+way. Responses are streamed (SSE) so time to first token can be measured; reasoning content is kept apart from
+the answer, as vLLM sends it (`delta.reasoning_content`, or `delta.reasoning` in newer versions).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +28,8 @@ import httpx
 
 from eval_jobs.records import SampleRequest, SampleResult
 
+SERVE_SCHEME = "serve:"
+CHAT_PATH = "/v1/chat/completions"
 # Longest single backoff sleep, whatever the attempt number or the server's Retry-After says.
 MAX_BACKOFF_S = 60.0
 # How much of an error body is kept in a record's `error`.
@@ -49,6 +58,11 @@ class _Stream:
     latency_s: float | None = None
 
 
+def serve_endpoint(app_name: str) -> str:
+    """The `endpoint` of requests sent through Serve handles to the engine supervisors of app `app_name`."""
+    return SERVE_SCHEME + app_name
+
+
 def make_client(concurrency: int) -> httpx.AsyncClient:
     """An AsyncClient whose connection pool holds `concurrency` connections.
 
@@ -67,34 +81,116 @@ def chat_url(endpoint: str) -> str:
     base = endpoint.rstrip("/")
     if base.endswith("/v1"):
         base = base[: -len("/v1")]
-    return f"{base}/v1/chat/completions"
+    return f"{base}{CHAT_PATH}"
+
+
+@dataclass
+class Reply:
+    """The head of one answer and its body, as raw bytes in the order they came."""
+
+    status: int
+    content_type: str
+    retry_after: str | None
+    chunks: AsyncIterator[bytes]
+
+
+class Transports:
+    """Where requests go: one httpx pool for HTTP endpoints, one cached Serve handle per engine app."""
+
+    def __init__(self, concurrency: int, api_key: str | None = None) -> None:
+        self._http = make_client(concurrency)
+        self._api_key = api_key
+        self._handles: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Transports:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    @contextlib.asynccontextmanager
+    async def post(self, endpoint: str, body: dict[str, Any], timeout_s: float) -> AsyncIterator[Reply]:
+        """POST a chat body to `endpoint`; the reply is open inside the block, closed after it."""
+        if endpoint.startswith(SERVE_SCHEME):
+            async with self._post_serve(endpoint.removeprefix(SERVE_SCHEME), body) as reply:
+                yield reply
+            return
+        headers = {"Accept": "text/event-stream"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        url = chat_url(endpoint)
+        try:
+            async with self._http.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as resp:
+                yield Reply(resp.status_code, resp.headers.get("content-type", ""), resp.headers.get("retry-after"),
+                            resp.aiter_bytes())
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise AttemptError(f"bad endpoint URL {url!r}: {exc}", retryable=False) from None
+        except httpx.TimeoutException:
+            raise  # send_chat names it as a timeout
+        except httpx.RequestError as exc:
+            # Connection refused/reset, peer closed mid-body, protocol errors: the replica may be restarting.
+            raise AttemptError(f"{type(exc).__name__}: {str(exc) or 'no detail'}", retryable=True) from None
+
+    @contextlib.asynccontextmanager
+    async def _post_serve(self, app_name: str, body: dict[str, Any]) -> AsyncIterator[Reply]:
+        from ray import serve
+
+        from serve_apps.ingress import ENGINE_DEPLOYMENT
+
+        handle = self._handles.get(app_name)
+        if handle is None:
+            handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name).options(stream=True)
+            self._handles[app_name] = handle
+        stream = handle.forward.remote("POST", CHAT_PATH, json.dumps(body).encode())
+        try:
+            head = await anext(stream)
+        except Exception as exc:
+            stream.cancel()
+            raise _serve_error(exc) from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if head.get("body"):
+                yield head["body"]
+            try:
+                async for chunk in stream:
+                    yield chunk
+            except Exception as exc:
+                raise _serve_error(exc) from None
+
+        try:
+            yield Reply(head["status"], head.get("content_type", ""), None, chunks())
+        finally:
+            stream.cancel()  # no-op once the stream is done; stops the engine's work when we gave up early
+
+
+def _serve_error(exc: Exception) -> AttemptError:
+    """A failed handle call: a replica that died or is being replaced (ActorDiedError), the engine behind it
+    unreachable, or Serve shedding load. Each may succeed on another attempt, on another replica."""
+    first_line = (str(exc).strip().splitlines() or ["no detail"])[0]
+    return AttemptError(f"{type(exc).__name__}: {first_line[:MAX_ERROR_CHARS]}", retryable=True)
 
 
 async def send_chat(
-    session: httpx.AsyncClient,
+    transports: Transports,
     request: SampleRequest,
     *,
     timeout_s: float,
     max_retries: int,
     backoff_s: float,
-    api_key: str | None = None,
 ) -> SampleResult:
     """Send one sample as a streamed chat completion; return its record, ok or failed (never raise for it).
 
     Retried (up to `max_retries` times after the first attempt, exponential backoff with jitter): connection
-    and read errors, timeouts, 429, 5xx (a killed Serve replica answers 500), streams that end early or carry
-    invalid JSON or an error event. Other 4xx are final at once. Each attempt is bounded by `timeout_s` in
-    total, so a sample ends within (max_retries + 1) * timeout_s plus the backoff sleeps.
-    TTFT and latency are those of the successful attempt; `started_at` is when the first attempt was sent.
+    and read errors, timeouts, 429, 5xx (a killed Serve replica answers 500), a replica that died under a handle
+    call, streams that end early or carry invalid JSON or an error event. Other 4xx are final at once. Each
+    attempt is bounded by `timeout_s` in total, so a sample ends within (max_retries + 1) * timeout_s plus the
+    backoff sleeps. TTFT and latency are those of the successful attempt; `started_at` is when the first attempt
+    was sent.
     """
     body = dict(request.body)
     body["stream"] = True
     # Ask for a final usage chunk, keeping any other stream options the caller set.
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    headers = {"Accept": "text/event-stream"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    url = chat_url(request.endpoint)
 
     started_at = time.time()
     attempts = 0
@@ -105,18 +201,13 @@ async def send_chat(
         try:
             # wait_for bounds the whole attempt: httpx's own timeouts apply per read, and a server that
             # trickles bytes (or keeps a stream open without tokens) would otherwise hold the sample forever.
-            attempt = _attempt(session, url, body, headers, timeout_s)
+            attempt = _attempt(transports, request.endpoint, body, timeout_s)
             stream = await asyncio.wait_for(attempt, timeout=timeout_s)
             break
         except AttemptError as exc:
             error, retryable, retry_after = str(exc), exc.retryable, exc.retry_after_s
         except (asyncio.TimeoutError, httpx.TimeoutException):
             error, retryable, retry_after = f"timed out after {timeout_s:g} s", True, None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            error, retryable, retry_after = f"bad endpoint URL {url!r}: {exc}", False, None
-        except httpx.RequestError as exc:
-            # Connection refused/reset, peer closed mid-body, protocol errors: the replica may be restarting.
-            error, retryable, retry_after = f"{type(exc).__name__}: {str(exc) or 'no detail'}", True, None
         if not retryable or attempts > max_retries:
             break
         await asyncio.sleep(_backoff(attempts, backoff_s, retry_after))
@@ -149,23 +240,20 @@ async def send_chat(
     )
 
 
-async def _attempt(
-    session: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> _Stream:
-    """One POST, read to the end of its SSE stream. Raises AttemptError or an httpx error on failure."""
+async def _attempt(transports: Transports, endpoint: str, body: dict[str, Any], timeout_s: float) -> _Stream:
+    """One POST, read to the end of its SSE stream. Raises AttemptError or a timeout on failure."""
     t0 = time.perf_counter()
     out = _Stream()
-    async with session.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as resp:
-        if resp.status_code != 200:
-            raw = await resp.aread()
-            status = resp.status_code
+    async with transports.post(endpoint, body, timeout_s) as reply:
+        if reply.status != 200:
+            raw = b"".join([chunk async for chunk in reply.chunks])
             raise AttemptError(
-                f"HTTP {status}: {_error_message(raw)}",
-                retryable=status == 429 or status >= 500,
-                retry_after_s=_retry_after(resp.headers.get("retry-after")),
+                f"HTTP {reply.status}: {_error_message(raw)}",
+                retryable=reply.status == 429 or reply.status >= 500,
+                retry_after_s=_retry_after(reply.retry_after),
             )
         done = False
-        async for line in resp.aiter_lines():
+        async for line in _lines(reply.chunks):
             # SSE: "data: <json>" events separated by blank lines; comments (":") and other fields ignored.
             if not line.startswith("data:"):
                 continue
@@ -184,6 +272,18 @@ async def _attempt(
             raise AttemptError("stream ended without 'data: [DONE]' (truncated response)", retryable=True)
     out.latency_s = time.perf_counter() - t0  # ttft_s stays None if no token came (e.g. an empty answer)
     return out
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Text lines of a byte stream whose chunks split lines anywhere (SSE ends lines with \n, \r\n or \r)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
 
 
 def _consume(chunk: dict[str, Any], out: _Stream, t0: float) -> None:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -57,6 +57,12 @@ class EvalConfig(StrictModel):
         "Leave empty when the job's `serve:` section deploys the checkpoints itself.",
     )
     api_key: SecretStr | None = Field(None, description="Bearer key for the endpoint.")
+    transport: Literal["auto", "http", "serve"] = Field(
+        "auto", description="How requests reach the engines. auto: checkpoints this cluster serves (the job's own, "
+        "or `endpoint` when it is this cluster's endpoint) through Serve handles straight to their engine "
+        "supervisors on any host; any other endpoint over HTTP. http: always through the endpoint URL (its "
+        "proxy and ingress; a loopback URL keeps every client on the driver's host). serve: handles only.",
+    )
     models: list[str] = Field(
         default_factory=list, description="Served model names to evaluate; empty: every model the endpoint lists."
     )

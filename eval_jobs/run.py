@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cluster.connection import ray_session
 from cluster.errors import ConfigError, run_command
+from eval_jobs.client import serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
@@ -32,11 +34,12 @@ log = logging.getLogger("evalcluster.eval")
 
 
 def build_requests(
-    cfg: EvalConfig, endpoint: str, models: list[str], datasets: list[EvalDataset]
+    cfg: EvalConfig, endpoints: dict[str, str], datasets: list[EvalDataset]
 ) -> list[SampleRequest]:
-    """Every sample of the run, dataset rows in order, repeats of a row together."""
+    """Every sample of the run (`endpoints`: model → where its requests go), dataset rows in order, repeats of a
+    row together."""
     requests = []
-    for model in models:
+    for model, endpoint in endpoints.items():
         for ds in datasets:
             rows = range(min(len(ds), cfg.limit or len(ds)))
             for index in rows:
@@ -87,22 +90,53 @@ def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.D
     return frame
 
 
+def data_plane(model: str) -> str:
+    """Where a job sends `model`'s requests when this cluster serves it: its engine supervisors, by Serve handle."""
+    from serve_apps.ingress import engine_app_name
+
+    return serve_endpoint(engine_app_name(model))
+
+
+def own_endpoint_models(url: str) -> list[str] | None:
+    """The models this cluster serves if `url` is this cluster's own endpoint (its Serve proxy's port), else None.
+
+    Then the job uses the data plane instead of the URL: the URL's loopback host exists only on the head, and every
+    request through it would pass the one proxy and ingress that all replicas share."""
+    from ray.serve.context import _get_global_client
+
+    from serve_apps.endpoint import Endpoint
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None or urllib.parse.urlsplit(url).port != client.http_config.port:
+        return None
+    return Endpoint.served_models()
+
+
 @contextlib.contextmanager
-def endpoint_for(job: JobConfig) -> Iterator[tuple[str, list[str], bool]]:
-    """(endpoint URL, models to evaluate, simulated): the job's own deployment, or the endpoint it was given."""
+def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool]]:
+    """(model → where its requests go, simulated): the job's own deployment, or the endpoint it was given."""
+    cfg = job.eval
     if job.serve is None or not job.serve.models:
-        api_key = job.eval.api_key.get_secret_value() if job.eval.api_key else None
-        yield job.eval.endpoint, job.eval.models or served_models(job.eval.endpoint, api_key), False
+        own = own_endpoint_models(cfg.endpoint) if cfg.transport != "http" else None
+        if own is not None:
+            missing = sorted(set(cfg.models) - set(own))
+            if missing:
+                raise ConfigError(f"eval.models: {missing} are not served at {cfg.endpoint} (it serves {own})")
+            yield {m: data_plane(m) for m in cfg.models or own}, False
+            return
+        api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        yield {m: cfg.endpoint for m in cfg.models or served_models(cfg.endpoint, api_key)}, False
         return
     from serve_apps.endpoint import Endpoint
 
     names = [m.name for m in job.serve.models]
-    unknown = sorted(set(job.eval.models) - set(names))
+    unknown = sorted(set(cfg.models) - set(names))
     if unknown:
         raise ConfigError(f"eval.models: {unknown} are not among serve.models {names}")
     endpoint = Endpoint(job.serve).start()
     try:
-        yield endpoint.url, job.eval.models or names, job.serve.engine.kind == "sim"
+        route = (lambda m: endpoint.url) if cfg.transport == "http" else data_plane
+        yield {m: route(m) for m in cfg.models or names}, job.serve.engine.kind == "sim"
     finally:
         for model in job.serve.models:
             with contextlib.suppress(Exception):
@@ -117,14 +151,14 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     write_config(run_dir, job)
     store = SampleStore(run_dir.samples_jsonl)
 
-    with ray_session(job.cluster), endpoint_for(job) as (endpoint, models, simulated):
+    with ray_session(job.cluster), endpoints_for(job) as (endpoints, simulated):
         if job.serve is not None and job.serve.api_key and not cfg.api_key:
             cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
-        requests = build_requests(cfg, endpoint, models, list(datasets.values()))
+        requests = build_requests(cfg, endpoints, list(datasets.values()))
         finished = store.finished_keys()
         todo = [r for r in requests if r.key not in finished]
         log.info("%d samples, %d already finished, %d to send to %s", len(requests), len(requests) - len(todo),
-                 len(todo), endpoint)
+                 len(todo), sorted(set(endpoints.values())))
         with progress_bar(len(requests), len(requests) - len(todo)) as on_results:
             def record(results: list[SampleResult]) -> None:
                 store.append(results)  # durable first; only then does a sample count

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ipaddress
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from eval_jobs.client import make_client, send_chat
+from eval_jobs.client import SERVE_SCHEME, Transports, send_chat
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 log = logging.getLogger(__name__)
@@ -105,7 +110,7 @@ class EvalClient:
         sent = 0
         in_flight: set[asyncio.Task] = set()
         finished: list[SampleResult] = []
-        async with make_client(s.concurrency) as session:
+        async with Transports(s.concurrency, s.api_key) as session:
             while True:
                 free = s.concurrency - len(in_flight)
                 # Results go back with the next lease: one call to the queue per turn instead of two per sample
@@ -131,7 +136,30 @@ class EvalClient:
     async def _one(self, session, request: SampleRequest) -> SampleResult:
         s = self._settings
         return await send_chat(session, request, timeout_s=s.timeout_s, max_retries=s.max_retries,
-                               backoff_s=s.backoff_s, api_key=s.api_key)
+                               backoff_s=s.backoff_s)
+
+
+def client_placement(requests: Sequence[SampleRequest]) -> Any:
+    """Where client actors run. SPREAD over the hosts, so no one host's network carries every request, unless a
+    request goes to a loopback URL: that address exists only on this driver's host, so every client runs here."""
+    if any(_is_loopback_url(r.endpoint) for r in requests):
+        return _this_node()
+    return "SPREAD"
+
+
+def _this_node() -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _is_loopback_url(endpoint: str) -> bool:
+    if endpoint.startswith(SERVE_SCHEME):
+        return False
+    host = urllib.parse.urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
 
 
 def distribute(
@@ -144,13 +172,16 @@ def distribute(
     durable before returning). Returns when every request has a result."""
     if not requests:
         return
-    queue = WorkQueue.remote(requests, settings.lease_timeout_s())
+    # The queue lives on the driver's host: it is the run's state, and should any other host die, it survives.
+    queue = WorkQueue.options(scheduling_strategy=_this_node()).remote(requests, settings.lease_timeout_s())
     run = uuid.uuid4().hex[:8]
 
+    placement = client_placement(requests)
+
     def start_client(name: str, restart: int = 0):
-        # Named, so operators see them in `ray list actors`; SPREAD, so no one node's network carries every request.
+        # Named, so operators see them in `ray list actors`.
         actor_name = f"{CLIENT_PREFIX}{run}-{name}" + (f"-r{restart}" if restart else "")
-        return EvalClient.options(name=actor_name, scheduling_strategy="SPREAD").remote(name, settings)
+        return EvalClient.options(name=actor_name, scheduling_strategy=placement).remote(name, settings)
 
     clients = {f"client-{i}": start_client(f"client-{i}") for i in range(num_clients)}
     runs = {clients[name].run.remote(queue): name for name in clients}

@@ -113,7 +113,13 @@ class ModelConfig(ServingSettings):
 class ServeConfig(StrictModel):
     """The shared OpenAI endpoint and the checkpoints behind it."""
 
-    host: str = Field("127.0.0.1", description="Address the endpoint binds; loopback unless told otherwise.")
+    host: str = Field("127.0.0.1", description="Address the endpoint binds; loopback unless told otherwise. With "
+                      "proxy_location HeadOnly it is an address of the head: 127.0.0.1 is reachable on the head "
+                      "only; give the head's own address (and an api_key) to reach it from other hosts.")
+    proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        "HeadOnly", description="Where Serve runs the endpoint's HTTP proxy: HeadOnly (one address, on the head), "
+        "or EveryNode (each host serves the endpoint at host:port of its own, e.g. its own 127.0.0.1).",
+    )
     port: int = Field(8000, ge=0, le=65535, description="Endpoint port (0: any free port).")
     api_key: SecretStr | None = Field(None, description="If set, every /v1 route needs `Authorization: Bearer KEY`.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")

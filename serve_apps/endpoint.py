@@ -5,22 +5,25 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import ray
 from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
 
 from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.errors import ConfigError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
-from serve_apps.engine_process import free_port
 from serve_apps.errors import EngineStartupError, ModelNotFoundError
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INGRESS_APP = "evalcluster"
 
@@ -37,7 +40,7 @@ class Endpoint:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.host = cfg.host
-        self.port = cfg.port or free_port(cfg.host)
+        self.port = cfg.port
         self._models: dict[str, ModelConfig] = {}
 
     @property
@@ -48,9 +51,11 @@ class Endpoint:
         """Start Serve's HTTP proxy and the ingress, or join the ones already running on this cluster (their
         address and settings stay as they are), then deploy `cfg.models`."""
         if _get_global_client(raise_if_no_controller_running=False) is None:
-            self._check_port_free()  # Serve's proxy would retry a taken port forever, and we would wait on it
+            # Checked where the proxy will bind (the head), which need not be this driver's host. Serve's proxy
+            # would retry a taken port forever, and we would wait on it.
+            self.port = on_head(_bindable_port, self.host, self.port)
         serve.start(
-            proxy_location="HeadOnly",
+            proxy_location=self.cfg.proxy_location,
             http_options={"host": self.cfg.host, "port": self.port,
                           "request_timeout_s": self.cfg.engine.request_timeout_s},
         )
@@ -63,16 +68,6 @@ class Endpoint:
             serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
         self.add_models(self.cfg.models)
         return self
-
-    def _check_port_free(self) -> None:
-        with socket.socket() as probe:
-            # As servers bind: a port left in TIME_WAIT is free, one with a listener is not.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((self.host, self.port))
-            except OSError as exc:
-                raise ConfigError(f"serve.port = {self.port}: {self.host}:{self.port} is not free ({exc.strerror}); "
-                                  "choose another port, or 0 for any free one") from None
 
     def add_models(
         self, models: Iterable[ModelConfig], *, engine: EngineConfig | None = None, wait: bool = True,
@@ -131,24 +126,15 @@ class Endpoint:
 
     def _wait_listed(self, names: list[str], deadline: float) -> None:
         headers = {"Authorization": f"Bearer {self.cfg.api_key.get_secret_value()}"} if self.cfg.api_key else {}
-        with httpx.Client(base_url=self.url, headers=headers, timeout=10.0) as client:
-            while True:
-                try:
-                    listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
-                    if set(names) <= listed:
-                        return
-                except (httpx.HTTPError, ValueError, KeyError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise EngineStartupError(f"endpoint {self.url} does not list {sorted(names)}")
-                time.sleep(0.5)
+        on_head(_wait_listed, self.url, headers, names, deadline - time.monotonic())
 
     def remove_model(self, name: str) -> None:
         """Retire a checkpoint: its replicas stop and its engines are terminated."""
         serve.delete(engine_app_name(name), _blocking=True)
         self._models.pop(name, None)
 
-    def served_models(self) -> list[str]:
+    @staticmethod
+    def served_models() -> list[str]:
         """Checkpoints deployed on this cluster (any state but deleting)."""
         return sorted(
             name.removeprefix(ENGINE_APP_PREFIX)
@@ -163,6 +149,47 @@ class Endpoint:
 
     def shutdown(self) -> None:
         serve.shutdown()
+
+
+def on_head(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0) -> T:
+    """`fn(*args)` run on the head node, where Serve's proxy listens (proxy_location HeadOnly), and where a
+    loopback endpoint address means what it says: the driver may be on another host."""
+    head = next((n for n in live_nodes() if n.is_head), None)
+    if head is None:
+        raise EngineStartupError("the Ray cluster reports no head node")
+    on_node = NodeAffinitySchedulingStrategy(node_id=head.node_id, soft=False)
+    task = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=on_node)(fn)
+    return ray.get(task.remote(*args), timeout=timeout_s)
+
+
+def _bindable_port(host: str, port: int) -> int:
+    """`port` if a server can bind it on `host` (a port left in TIME_WAIT can, one with a listener can't); for
+    port 0, a free one."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"serve.port = {port}: {host}:{port} is not free ({exc.strerror}); "
+                              "choose another port, or 0 for any free one") from None
+        return int(probe.getsockname()[1])
+
+
+def _wait_listed(url: str, headers: dict[str, str], names: list[str], timeout_s: float) -> None:
+    """Until the endpoint at `url` lists every name in /v1/models (Serve's proxy learns new routes a moment after
+    an app is RUNNING)."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, headers=headers, timeout=10.0, trust_env=False) as client:
+        while True:
+            try:
+                listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
+                if set(names) <= listed:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise EngineStartupError(f"endpoint {url} does not list {sorted(names)}")
+            time.sleep(0.5)
 
 
 def _is_path(model: str) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import ray
 from ray import serve
 
 from cluster.planner import replica_needs
@@ -89,8 +90,11 @@ class EngineSupervisor:
             raise RuntimeError(f"engine for {self._model.name!r} answered /health with {response.status_code}")
 
     def engine_info(self) -> dict[str, Any]:
-        """Where the engine listens and its pid, for operators and tests that talk to it directly."""
-        return {"url": self._engine.base_url, "pid": self._engine.proc.pid, "argv": self._engine.argv}
+        """Where the engine listens (on its node's loopback), its pid and node, for operators and tests that talk
+        to it directly."""
+        context = ray.get_runtime_context()
+        return {"url": self._engine.base_url, "pid": self._engine.proc.pid, "argv": self._engine.argv,
+                "node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful replica shutdown; a crash is covered by the child's parent-death signal.

@@ -30,7 +30,7 @@ import ray
 from cluster.planner import NodeCapacity, ReplicaNeeds, check_feasible, fits, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleKey, SampleResult
-from eval_jobs.run import build_requests, client_settings
+from eval_jobs.run import build_requests, client_settings, data_plane
 from eval_jobs.store import SampleStore
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig
@@ -166,7 +166,7 @@ class Sweep:
         return ModelConfig(model=str(planned.model_dir), served_model_name=planned.checkpoint.name, **serving)
 
     def keys_of(self, name: str) -> set[SampleKey]:
-        return {r.key for r in build_requests(self.job.eval, "", [name], self.datasets)}
+        return {r.key for r in build_requests(self.job.eval, {name: ""}, self.datasets)}
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class Sweep:
                 self.endpoint.add_models([model], engine=p.engine, wait=False, node_address=node_address)
             self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60)
             self.events.write("ready", name)
-            requests = build_requests(self.job.eval, self.endpoint.url, [name], self.datasets)
+            requests = build_requests(self.job.eval, {name: data_plane(name)}, self.datasets)
             finished = self.store.finished_keys()
             todo = [r for r in requests if r.key not in finished]
             log.info("%s: ready; %d of %d samples to send", name, len(todo), len(requests))

@@ -1,6 +1,8 @@
-"""Simulated Ray clusters on loopback (CPU head + 2 workers × 4 NPU).
+"""Simulated Ray clusters whose nodes are separate hosts (CPU head + 2 workers × 4 NPU, each in its own network
+namespace).
 
-Capacities, NPU visibility, the watchdog, the `cluster up --simulate` / `cluster down` lifecycle with a
+The hosts themselves (own loopback, reachable by address, killed as a whole, cleaned up after a crash),
+capacities, NPU visibility, the watchdog, the `cluster up --simulate` / `cluster down` lifecycle with a
 `ray job submit` on it, and the pure parts of cluster.nodes.
 """
 
@@ -19,6 +21,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+
 from cluster import nodes as nodes_mod  # noqa: E402
 from cluster.errors import ConfigError, InfeasiblePlacementError  # noqa: E402
 from cluster.nodes import (  # noqa: E402
@@ -31,6 +35,7 @@ from cluster.nodes import (  # noqa: E402
     node_statuses,
     ray_start_command,
 )
+from cluster.hosts import SimHost, create_network, destroy_network, namespaces_available  # noqa: E402
 from cluster.planner import live_nodes, watch_for_infeasible  # noqa: E402
 from cluster.simulate import (  # noqa: E402
     SimulatedCluster,
@@ -132,11 +137,15 @@ def test_simulate_up_job_submit_and_down(tmp_path: Path, monkeypatch: pytest.Mon
         "print('RESULT', sorted(ray.get([h.where.remote() for h in holders])))\n"
     )
     state = simulate_up("2:4", cpus_per_node=1, head_cpus=1)
+    workers = [n.node_ip for n in state.nodes if n.role == "worker"]
     try:
-        assert [n.node_ip for n in state.nodes] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        assert [n.role for n in state.nodes] == ["head", "worker", "worker", "driver"]
         assert load_state() == state
+        if state.network:  # hosts of their own: one namespace per node but this machine's
+            assert len({n.netns for n in state.nodes if n.role != "driver"}) == 3
+            assert [n.netns for n in state.nodes if n.role == "driver"] == [None]
         statuses = cluster_status()  # reads the recorded cluster's GCS, no driver
-        assert sorted(s.address for s in statuses) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        assert sorted(s.address for s in statuses) == sorted(n.node_ip for n in state.nodes)
         assert sum(s.total.get("NPU", 0) for s in statuses) == 8
         env = dict(os.environ, **state.client_env())
         ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "job"]
@@ -170,12 +179,101 @@ def test_simulate_up_job_submit_and_down(tmp_path: Path, monkeypatch: pytest.Mon
             timeout=60,
         ).stdout
         # Two tp-4 actors: one per 4-NPU worker, each seeing all four of that node's NPUs.
-        assert "RESULT [('127.0.0.3', '0,1,2,3'), ('127.0.0.4', '0,1,2,3')]" in logs, logs[-2000:]
+        expected = sorted((ip, "0,1,2,3") for ip in workers)
+        assert f"RESULT {expected}" in logs, logs[-2000:]
     finally:
         stopped = cluster_down()
     assert sorted(stopped) == sorted(n.pid for n in state.nodes)
     assert not any(is_ray_start_running(n.pid) for n in state.nodes)
     assert load_state() is None
+    assert not [n.netns for n in state.nodes if n.netns and n.netns in namespaces()]
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+# -- separate hosts: network namespaces ----------------------------------------------------------------------
+
+needs_namespaces = pytest.mark.skipif(not namespaces_available(), reason="network namespaces need root")
+
+
+def serve_once(host: SimHost, bind: str) -> subprocess.Popen:
+    """An HTTP server on `host`, bound to `bind`, answering 200 (started and ready)."""
+    proc = subprocess.Popen(host.command([sys.executable, "-m", "http.server", "0", "--bind", bind]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()  # "Serving HTTP on ADDR port PORT ..."
+    assert "port" in line, line
+    proc.port = int(line.split(" port ")[1].split()[0])  # type: ignore[attr-defined]
+    return proc
+
+
+def fetch_from(host: SimHost | None, url: str) -> str:
+    """GET `url` from `host` (None: this machine): 'ok', or the error's name."""
+    code = ("import sys, urllib.request\n"
+            "try:\n    urllib.request.urlopen(sys.argv[1], timeout=3); print('ok')\n"
+            "except Exception as e:\n    print(type(getattr(e, 'reason', e)).__name__)\n")
+    argv = [sys.executable, "-c", code, url]
+    return subprocess.run(host.command(argv) if host else argv, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+@needs_namespaces
+def test_hosts_have_their_own_loopback_and_reach_each_other_by_address() -> None:
+    net = create_network(3)
+    head, a, b = net.hosts
+    servers = []
+    try:
+        on_a_loopback = serve_once(a, "127.0.0.1")
+        on_a_address = serve_once(a, a.ip)
+        servers = [on_a_loopback, on_a_address]
+        assert fetch_from(a, f"http://127.0.0.1:{on_a_loopback.port}/") == "ok"
+        # Another host's (and this machine's) 127.0.0.1 is its own: refused, as between real machines.
+        assert fetch_from(b, f"http://127.0.0.1:{on_a_loopback.port}/") == "ConnectionRefusedError"
+        assert fetch_from(None, f"http://127.0.0.1:{on_a_loopback.port}/") == "ConnectionRefusedError"
+        for where in (b, head, None):
+            assert fetch_from(where, f"http://{a.ip}:{on_a_address.port}/") == "ok"
+        assert set(a.pids()) == {p.pid for p in servers}
+        assert sorted(a.kill()) == sorted(p.pid for p in servers)
+        for p in servers:
+            assert p.wait(timeout=10) == -9
+    finally:
+        for p in servers:
+            p.kill()
+        destroy_network(net)
+    assert not [h.netns for h in net.hosts if h.netns in namespaces()]
+
+
+@needs_namespaces
+def test_hosts_left_by_a_crashed_run_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    # A process that builds hosts, starts a sleeper on one and dies without cleaning up.
+    crashed = subprocess.run([sys.executable, "-c", (
+        "import os, subprocess, sys\n"
+        "from cluster.hosts import create_network\n"
+        "net = create_network(2)\n"
+        "p = subprocess.Popen(net.hosts[1].command(['sleep', '600']), start_new_session=True,\n"
+        "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(net.hosts[1].netns, p.pid, flush=True)\n"
+        "os._exit(1)\n")], capture_output=True, text=True, timeout=60)
+    netns, pid = crashed.stdout.split()
+    assert netns in namespaces() and is_alive(int(pid))
+    net = create_network(1)  # the next start cleans up
+    try:
+        assert netns not in namespaces()
+        deadline = time.monotonic() + 10
+        while is_alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not is_alive(int(pid))
+    finally:
+        destroy_network(net)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # -- an in-process simulated cluster (one per module) --------------------------------------------------------
@@ -225,16 +323,22 @@ class NpuProbe:
             proc.wait(timeout=10)
 
 
+@ray.remote(num_cpus=0)
+def stats_on(url: str) -> dict:
+    return json.load(urllib.request.urlopen(url + "/sim/stats", timeout=10))
+
+
 def test_node_capacities_read_back(sim: SimulatedCluster) -> None:
     nodes = live_nodes()
     workers = sorted((n for n in nodes if not n.is_head), key=lambda n: n.address)
     head = [n for n in nodes if n.is_head]
-    assert [n.address for n in workers] == ["127.0.0.3", "127.0.0.4"]
-    assert all(n.total["NPU"] == 4 and n.total["CPU"] == 2 for n in workers)
-    assert len(head) == 1 and head[0].address == "127.0.0.2" and "NPU" not in head[0].total
+    npu_workers = [n for n in workers if n.total.get("NPU")]
+    assert sorted(n.address for n in npu_workers) == sorted(sim.worker_ips)
+    assert all(n.total["NPU"] == 4 and n.total["CPU"] == 2 for n in npu_workers)
+    assert len(head) == 1 and head[0].address == sim.head_ip and "NPU" not in head[0].total
     status = cluster_status()
     assert sum(s.total.get("NPU", 0) for s in status) == 8
-    assert "127.0.0.3" in format_status(status)
+    assert sim.worker_ips[0] in format_status(status)
 
 
 def test_npu_actor_sees_exactly_its_devices_and_so_does_its_child(sim: SimulatedCluster) -> None:
@@ -253,7 +357,7 @@ def test_tp4_replicas_land_on_different_nodes_and_tp2_times_4_fill_both(sim: Sim
     big = [NpuProbe.options(resources={"NPU": 4}).remote() for _ in range(2)]  # type: ignore[attr-defined]
     try:
         placed = ray.get([p.where.remote() for p in big], timeout=120)
-        assert sorted(ip for ip, _ in placed) == ["127.0.0.3", "127.0.0.4"]
+        assert sorted(ip for ip, _ in placed) == sorted(sim.worker_ips)
         assert all(sorted(devices.split(",")) == ["0", "1", "2", "3"] for _, devices in placed)
     finally:
         for p in big:
@@ -262,7 +366,7 @@ def test_tp4_replicas_land_on_different_nodes_and_tp2_times_4_fill_both(sim: Sim
     try:
         placed = ray.get([p.where.remote() for p in small], timeout=120)
         per_node = sorted(ip for ip, _ in placed)
-        assert per_node == ["127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4"]
+        assert per_node == sorted(sim.worker_ips * 2)
     finally:
         for p in small:
             ray.kill(p)
@@ -301,18 +405,20 @@ def test_engine_supervisors_hold_their_npus_across_nodes(sim: SimulatedCluster) 
     model = ModelConfig(model="/ckpt/step_100", tensor_parallel_size=2, num_replicas=4)
     endpoint = Endpoint(ServeConfig(port=0, engine=engine, models=[model])).start()
     try:
-        engines: dict[int, str] = {}
+        engines: dict[int, dict] = {}
         deadline = time.monotonic() + 60
         while len(engines) < 4 and time.monotonic() < deadline:  # the handle picks a replica at random
             info = endpoint.engine_info("step_100")
-            engines[info["pid"]] = info["url"]
+            engines[info["pid"]] = info
         assert len(engines) == 4
-        seen = [json.load(urllib.request.urlopen(url + "/sim/stats", timeout=10)) for url in engines.values()]
+        # Each engine listens on its own host's loopback: read it from there.
+        seen = ray.get([stats_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(  # type: ignore
+            info["node_id"], soft=False)).remote(info["url"]) for info in engines.values()])
         devices = [s["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"] for s in seen]
         assert all(len(d.split(",")) == 2 for d in devices)
         assert all(s["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native" for s in seen)
-        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status() if not s.is_head}
-        assert per_node == {"127.0.0.3": 2, "127.0.0.4": 2}
+        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status() if s.total.get("NPU")}
+        assert per_node == {ip: 2 for ip in sim.worker_ips}
         assert all(s.available.get("NPU", 0) == 0 for s in live_nodes() if not s.is_head)
     finally:
         serve.shutdown()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from eval_jobs.client import chat_url, make_client, send_chat
+from eval_jobs.client import Transports, chat_url, make_client, send_chat
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 # Answers the n-th request (counting from 1).
@@ -113,12 +113,9 @@ def run(
     """Serve `server`, send one sample to it (short backoff), return the record."""
 
     async def main() -> SampleResult:
-        async with serving(server) as url, make_client(4) as session:
+        async with serving(server) as url, Transports(4, api_key) as transports:
             request = request_for(url, **(body or {}))
-            return await send_chat(
-                session, request, timeout_s=timeout_s, max_retries=max_retries, backoff_s=0.01,
-                api_key=api_key,
-            )  # fmt: skip
+            return await send_chat(transports, request, timeout_s=timeout_s, max_retries=max_retries, backoff_s=0.01)
 
     return asyncio.run(main())
 
@@ -245,9 +242,9 @@ def test_nothing_listening_fails_after_retries() -> None:
     sock.close()  # a port that was free a moment ago: connections are refused
 
     async def main() -> SampleResult:
-        async with make_client(1) as session:
+        async with Transports(1) as transports:
             req = request_for(f"http://127.0.0.1:{port}")
-            return await send_chat(session, req, timeout_s=5, max_retries=2, backoff_s=0.01)
+            return await send_chat(transports, req, timeout_s=5, max_retries=2, backoff_s=0.01)
 
     res = asyncio.run(main())
     assert res.status == "failed" and res.attempts == 3
