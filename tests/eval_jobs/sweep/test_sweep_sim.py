@@ -56,7 +56,7 @@ def fake_checkpoint(path: Path) -> Path:
 
 def sweep_config(tmp_path: Path, state: ClusterState, data_dir: Path, sweep: dict) -> Path:
     config = {
-        "cluster": {"address": state.gcs_address, "node_ip_address": state.head_ip},
+        "cluster": {"address": state.gcs_address, "node_ip_address": state.driver_ip},
         "serve": {"port": 0, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
                                         "startup_timeout_s": 120, "sim_ttft_s": 0.05, "sim_tpot_s": 0.05}},
         "eval": {"datasets": [DEMO], "data_dir": str(data_dir), "limit": ROWS, "clients": 1, "concurrency": 2,

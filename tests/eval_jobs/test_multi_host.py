@@ -1,0 +1,147 @@
+"""Evaluations and sweeps on a cluster of separate hosts: a CPU head and two 4-NPU workers, each in its own network
+namespace (its own 127.0.0.1), with simulated-latency engines standing in for vllm-mindspore.
+
+Drivers run as their own processes, as users run them: `python -m eval_jobs.run` from this machine (a host of the
+cluster with a CPU-less Ray node) and `ray job submit` to the head's dashboard, whose driver then runs on the head.
+Client actors land on every host; each must reach replicas on the others (on one shared loopback, a client posting
+to the head's 127.0.0.1 from another node only seems to work).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.hosts import namespaces_available
+from cluster.paths import REPO_ROOT
+from cluster.simulate import SimulatedCluster, start_simulated
+from eval_jobs.store import SampleStore
+
+pytestmark = pytest.mark.skipif(not namespaces_available(), reason="separate hosts need network namespaces (root)")
+
+DEMO = "demo_arith_gen_0_shot_chat_prompt"
+ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[SimulatedCluster]:
+    sim = start_simulated(2, 4, cpus_per_node=2, head_cpus=1)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def sim_engine(**fields) -> dict:
+    return {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0, "startup_timeout_s": 120,
+            "sim_ttft_s": 0.05, "sim_tpot_s": 0.01, **fields}
+
+
+def eval_section(data_dir: Path, output: Path, **fields) -> dict:
+    return {"datasets": [DEMO], "data_dir": str(data_dir), "limit": ROWS, "clients": 4, "concurrency": 4,
+            "generation": {"max_out_len": 16}, "timeout_s": 60, "output": str(output), **fields}
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_here(sim: SimulatedCluster, module: str, config: Path, timeout_s: float = 400) -> subprocess.CompletedProcess:
+    """`python -m MODULE CONFIG` on this machine, joined to the cluster as its config says."""
+    env = dict(os.environ, **sim.state.client_env())
+    env.pop("RAY_ADDRESS")  # the config names the cluster
+    return subprocess.run([sys.executable, "-m", module, str(config)], env=env, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def submit(sim: SimulatedCluster, module: str, config: Path, timeout_s: float = 400) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir REPO -- python -m MODULE CONFIG` to the head's dashboard: the driver runs on
+    the head, from the uploaded copy of the repository."""
+    env = dict(os.environ, **sim.state.client_env())
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", sim.dashboard_url,
+           "--working-dir", str(REPO_ROOT), "--", sys.executable, "-m", module, str(config)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def output_of(result: subprocess.CompletedProcess) -> str:
+    return (result.stdout[-3000:] + "\n" + result.stderr[-5000:]).strip()
+
+
+def client_hosts(sim: SimulatedCluster) -> dict[str, list[str]]:
+    """Client actor name → address of the host it ran on, from Ray's state API (dead actors included)."""
+    from ray.util.state import list_actors, list_nodes
+
+    ips = {n.node_id: n.node_ip for n in list_nodes(address=sim.dashboard_url)}
+    actors = list_actors(address=sim.dashboard_url, filters=[("class_name", "=", "EvalClient")], detail=True,
+                         limit=10_000, raise_on_missing_output=False)
+    hosts: dict[str, list[str]] = collections.defaultdict(list)
+    for a in actors:
+        hosts[a.name].append(ips.get(a.node_id, "?"))
+    return hosts
+
+
+def assert_every_sample_once_and_ok(output: Path, models: list[str], rows: int = ROWS) -> None:
+    lines = (output / "samples.jsonl").read_text().splitlines()
+    records = SampleStore(output / "samples.jsonl").load()
+    keys = sorted((r.model, r.index) for r in records)
+    assert keys == sorted((m, i) for m in models for i in range(rows))
+    assert len(lines) == len(records), "a sample was stored twice"
+    failed = [(r.model, r.index, r.error) for r in records if r.status != "ok"]
+    assert not failed, failed[:5]
+
+
+def test_eval_from_this_machine_reaches_replicas_on_both_hosts(hosts, data_dir, tmp_path):
+    before = set(client_hosts(hosts))
+    config = write_config(tmp_path / "job.yaml", {
+        "cluster": hosts.cluster_section(),
+        # tp 4 on 4-NPU hosts: one replica on each worker host.
+        "serve": {"port": 0, "engine": sim_engine(),
+                  "models": [{"model": "/ckpt/step_1", "served_model_name": "step_1", "tensor_parallel_size": 4,
+                              "num_replicas": 2}]},
+        "eval": eval_section(data_dir, tmp_path / "run"),
+    })
+    result = run_here(hosts, "eval_jobs.run", config)
+    assert result.returncode == 0, output_of(result)
+    assert_every_sample_once_and_ok(tmp_path / "run", ["step_1"])
+    records = SampleStore(tmp_path / "run" / "samples.jsonl").load()
+    assert {r.endpoint for r in records} == {"serve:engine:step_1"}  # the data plane, not the head's loopback
+    ran_on = {ip for name, ips in client_hosts(hosts).items() if name not in before for ip in ips}
+    # SPREAD over head, workers and this machine: clients on hosts other than the replicas' and the driver's.
+    assert len(ran_on) >= 2 and ran_on & set(hosts.worker_ips), ran_on
+
+
+def test_eval_and_sweep_as_ray_jobs_on_two_hosts(hosts, data_dir, tmp_path):
+    eval_config = write_config(tmp_path / "job.yaml", {
+        "cluster": {},  # under `ray job submit`: the job's cluster
+        "serve": {"port": 0, "engine": sim_engine(),
+                  "models": [{"model": f"/ckpt/{n}", "served_model_name": n, "tensor_parallel_size": 2}
+                             for n in ("a", "b")]},
+        "eval": eval_section(data_dir, tmp_path / "eval"),
+    })
+    result = submit(hosts, "eval_jobs.run", eval_config)
+    assert result.returncode == 0 and "succeeded" in result.stdout, output_of(result)
+    assert_every_sample_once_and_ok(tmp_path / "eval", ["a", "b"])
+
+    ckpts = tmp_path / "ckpts"
+    for step in (100, 200, 300):
+        (ckpts / f"step_{step}").mkdir(parents=True)
+        (ckpts / f"step_{step}" / "config.json").write_text('{"model_type": "qwen2"}')
+        (ckpts / f"step_{step}" / "model.safetensors").write_bytes(b"\0" * 64)
+    sweep_config = write_config(tmp_path / "sweep.yaml", {
+        "cluster": {},
+        "serve": {"port": 0, "engine": sim_engine()},
+        "eval": eval_section(data_dir, tmp_path / "sweep", limit=10),
+        # tp 4: one checkpoint per host at a time, three checkpoints over two hosts.
+        "sweep": {"serving": {"tensor_parallel_size": 4}, "checkpoints": [{"glob": str(ckpts / "step_*")}]},
+    })
+    result = submit(hosts, "eval_jobs.sweep", sweep_config)
+    assert result.returncode == 0 and "succeeded" in result.stdout, output_of(result)
+    assert_every_sample_once_and_ok(tmp_path / "sweep", ["step_100", "step_200", "step_300"], rows=10)
