@@ -42,3 +42,10 @@ def run_command(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted; an evaluation resumes when run again with the same output", file=sys.stderr)
         return 130
+
+
+class HostLostError(EvalClusterError):
+    """A host of the cluster died and what ran there cannot be placed on the hosts that are left."""
+
+    http_status = 503
+    error_type = "host_lost"

@@ -21,6 +21,7 @@ defaults (each host has its own); this machine's node takes its ports from the O
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,8 @@ class SimulatedCluster:
     state: ClusterState
     network: HostNetwork
     npus_per_node: int
+    # How each host's node was started (address → argv, environment, log), to start it again after a kill.
+    launches: dict[str, tuple[list[str], dict[str, str], Path]] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -135,6 +138,15 @@ class SimulatedCluster:
         if not self.network.isolated:
             raise ClusterConnectionError("killing a whole host needs namespaced hosts (root)")
         return self.host(ip).kill()
+
+    def restart_host(self, ip: str, timeout_s: float = 120.0) -> None:
+        """Start the Ray node of a killed host again (the host comes back and rejoins, as after a reboot)."""
+        argv, env, log_path = self.launches[ip]
+        log_path = log_path.with_suffix(f".restart-{time.time_ns()}.log")
+        proc = launch_ray_node(argv, env, log_path)
+        node = next(n for n in self.state.nodes if n.node_ip == ip)
+        self.state.nodes[self.state.nodes.index(node)] = dataclasses.replace(node, pid=proc.pid)
+        wait_ray_node(proc, log_path, timeout_s=timeout_s, what=f"simulated node {ip} (restarted)")
 
     def stop(self) -> None:
         stop_simulated(self.state)
@@ -185,6 +197,7 @@ def start_simulated(
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     started: list[tuple[Any, Path, str]] = []
+    launches: dict[str, tuple[list[str], dict[str, str], Path]] = {}
 
     def launch(host: SimHost | None, role: str, cmd: list[str], resources: dict[str, float], what: str) -> None:
         ip = host.ip if host else network.machine_ip
@@ -193,7 +206,9 @@ def start_simulated(
             # A directory per host, as on real machines: nodes sharing one pick the same socket names when
             # started side by side ("bind: Address already in use" on the raylet's socket, seen here).
             cmd = [*cmd, "--temp-dir", str(_host_temp_dir(network, host.name if host else "machine"))]
-        proc = launch_ray_node(host.command(cmd) if host else cmd, env, log_path)
+        argv = host.command(cmd) if host else cmd
+        launches[ip] = (argv, env, log_path)
+        proc = launch_ray_node(argv, env, log_path)
         state.nodes.append(StartedNode(proc.pid, role, ip, resources, str(log_path), host.netns if host else None))
         started.append((proc, log_path, what))
         if on_started:
@@ -232,7 +247,7 @@ def start_simulated(
     except BaseException:
         stop_simulated(state)
         raise
-    return SimulatedCluster(state, network, npus_per_node)
+    return SimulatedCluster(state, network, npus_per_node, launches)
 
 
 def _host_temp_dir(network: HostNetwork, host: str) -> Path:

@@ -20,8 +20,8 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cluster.connection import ray_session
-from cluster.errors import ConfigError, run_command
-from eval_jobs.client import serve_endpoint
+from cluster.errors import ConfigError, HostLostError, run_command
+from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
@@ -159,12 +159,16 @@ def run_job(job: JobConfig) -> pd.DataFrame:
         todo = [r for r in requests if r.key not in finished]
         log.info("%d samples, %d already finished, %d to send to %s", len(requests), len(requests) - len(todo),
                  len(todo), sorted(set(endpoints.values())))
+        lost: HostLostError | None = None
         with progress_bar(len(requests), len(requests) - len(todo)) as on_results:
             def record(results: list[SampleResult]) -> None:
                 store.append(results)  # durable first; only then does a sample count
                 on_results(results)
 
-            distribute(todo, client_settings(cfg), cfg.clients, record)
+            try:
+                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+            except HostLostError as exc:
+                lost = exc  # the report of what finished is written first; a rerun resumes
 
     keys = {r.key for r in requests}
     records = [r for r in store.load() if r.key in keys]
@@ -175,7 +179,19 @@ def run_job(job: JobConfig) -> pd.DataFrame:
         table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job)
     print_summary(table, simulated=simulated)
     print(f"report: {run_dir.root.resolve()}")
+    if lost is not None:
+        raise lost
     return table
+
+
+def serving_watch(endpoints: dict[str, str]):
+    """What notices a host loss that strands the checkpoints this cluster serves (None for outside endpoints)."""
+    own = [model for model, endpoint in endpoints.items() if endpoint.startswith(SERVE_SCHEME)]
+    if not own:
+        return None
+    from serve_apps.health import ServingWatch
+
+    return ServingWatch(own).check
 
 
 def exit_code(table: pd.DataFrame) -> int:

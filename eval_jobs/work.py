@@ -167,9 +167,11 @@ def distribute(
     settings: ClientSettings,
     num_clients: int,
     on_results: Callable[[list[SampleResult]], None],
+    watch: Callable[[], None] | None = None,
 ) -> None:
     """Run `requests` through `num_clients` client actors; `on_results` gets every finished batch (it must make them
-    durable before returning). Returns when every request has a result."""
+    durable before returning). Returns when every request has a result. `watch` is called between turns and may
+    raise to end the run (a host was lost and what it served cannot come back): results so far are kept."""
     if not requests:
         return
     # The queue lives on the driver's host: it is the run's state, and should any other host die, it survives.
@@ -196,6 +198,8 @@ def distribute(
                 if results:
                     on_results(results)
                 return
+            if watch:
+                watch()
             ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=IDLE_POLL_S)
             for ref in ready:
                 name = runs.pop(ref)

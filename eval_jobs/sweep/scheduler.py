@@ -27,6 +27,7 @@ from typing import Any
 
 import ray
 
+from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import NodeCapacity, ReplicaNeeds, check_feasible, fits, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleKey, SampleResult
@@ -38,6 +39,7 @@ from eval_jobs.sweep.convert import convert_remote
 from eval_jobs.work import distribute
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.endpoint import Endpoint
+from serve_apps.health import ServingWatch
 
 log = logging.getLogger("evalcluster.sweep")
 
@@ -120,8 +122,18 @@ class Ledger:
 
     def release(self, name: str) -> None:
         for node, resources in self.held.pop(name, []):
+            if node not in self.free:
+                continue  # a lost node: nothing to give back
             for key, value in resources.items():
                 self.free[node][key] = self.free[node].get(key, 0.0) + value
+
+    def keep_only(self, alive: Sequence[NodeCapacity]) -> list[str]:
+        """Forget the nodes that are no longer alive; returns their addresses."""
+        ids = {n.node_id for n in alive}
+        gone = [node for node in self.free if node not in ids]
+        for node in gone:
+            del self.free[node]
+        return [self.addresses[node] for node in gone]
 
 
 def _largest_first(p: Planned) -> tuple[float, float, str]:
@@ -237,9 +249,27 @@ class Sweep:
                     last_activity = time.monotonic()
                     try:
                         future.result()
+                    except HostLostError as exc:
+                        self._replan_after_loss(p, exc, ledger, pending)
                     except Exception as exc:
                         self._fail(p.checkpoint.name, exc)
                     self.on_retired()
+
+    def _replan_after_loss(self, p: Planned, exc: HostLostError, ledger: Ledger, pending: list[Planned]) -> None:
+        """A host `p` was deployed on died and took its replicas: deploy it again on the hosts that are left (its
+        finished samples stay; the rest are sent again), or fail it if they can never hold it."""
+        name = p.checkpoint.name
+        alive = live_nodes()
+        gone = ledger.keep_only(alive)
+        self.events.write("host-lost", name, reason=str(exc), hosts=gone)
+        try:
+            check_feasible(name, p.needs, p.num_replicas, alive)
+        except InfeasiblePlacementError as infeasible:
+            self._fail(name, HostLostError(f"{exc}; {infeasible}"))
+            return
+        log.warning("%s: %s; deploying it again on the remaining hosts", name, exc)
+        pending.append(p)
+        pending.sort(key=_largest_first)
 
     def _remove_leftovers(self, planned: Sequence[Planned]) -> None:
         """Deployments of these checkpoints left by a sweep that was killed: retire them, so their devices count
@@ -295,7 +325,8 @@ class Sweep:
             finished = self.store.finished_keys()
             todo = [r for r in requests if r.key not in finished]
             log.info("%s: ready; %d of %d samples to send", name, len(todo), len(requests))
-            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record)
+            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record,
+                       watch=ServingWatch([name]).check)
         finally:
             with self._serve_lock:
                 self.endpoint.remove_model(name)

@@ -10,10 +10,12 @@ to the head's 127.0.0.1 from another node only seems to work).
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,137 @@ def test_eval_and_sweep_as_ray_jobs_on_two_hosts(hosts, data_dir, tmp_path):
     result = submit(hosts, "eval_jobs.sweep", sweep_config)
     assert result.returncode == 0 and "succeeded" in result.stdout, output_of(result)
     assert_every_sample_once_and_ok(tmp_path / "sweep", ["step_100", "step_200", "step_300"], rows=10)
+
+
+# -- a host dies -----------------------------------------------------------------------------------------------
+
+
+def start_here(sim: SimulatedCluster, module: str, config: Path) -> subprocess.Popen:
+    env = dict(os.environ, **sim.state.client_env())
+    env.pop("RAY_ADDRESS")
+    log = open(config.with_suffix(f".{time.monotonic_ns()}.log"), "w")
+    return subprocess.Popen([sys.executable, "-m", module, str(config)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def logs_of(config: Path) -> str:
+    return "\n".join(p.read_text()[-4000:] for p in sorted(config.parent.glob(config.stem + ".*.log")))
+
+
+def stored(output: Path) -> int:
+    path = output / "samples.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def replica_hosts(sim: SimulatedCluster, model: str) -> list[str]:
+    """Addresses of the hosts running `model`'s engine replicas now."""
+    from ray.util.state import list_actors, list_nodes
+
+    ips = {n.node_id: n.node_ip for n in list_nodes(address=sim.dashboard_url)}
+    actors = list_actors(address=sim.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False,
+                         filters=[("class_name", "=", f"ServeReplica:engine:{model}:EngineSupervisor"),
+                                  ("state", "=", "ALIVE")])
+    return sorted(ips[a.node_id] for a in actors)
+
+
+def kill_when(sim: SimulatedCluster, driver: subprocess.Popen, config: Path, output: Path, after: int,
+              host: Callable[[], str | None]) -> str:
+    """Once `after` samples are stored, SIGKILL every process of the host `host()` names; returns its address."""
+    deadline = time.monotonic() + 240
+    while stored(output) < after or (ip := host()) is None:
+        assert driver.poll() is None, logs_of(config)
+        assert time.monotonic() < deadline, logs_of(config)
+        time.sleep(0.2)
+    assert sim.kill_host(ip)
+    return ip
+
+
+@pytest.fixture
+def three_hosts() -> Iterator[SimulatedCluster]:
+    sim = start_simulated(3, 2, cpus_per_node=2, head_cpus=1)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def slow_eval(data_dir: Path, output: Path, rows: int) -> dict:
+    # 64 tokens at 50 ms: every request takes ~3 s, so the kill lands while many are in flight.
+    return eval_section(data_dir, output, limit=rows, generation={"max_out_len": 64})
+
+
+def test_host_killed_mid_eval_its_replica_moves_and_nothing_is_lost(three_hosts, data_dir, tmp_path):
+    sim, rows = three_hosts, 48  # of the demo dataset's 50
+    # Two tp-2 replicas on three 2-NPU hosts: one host is free to take the replica of a host that dies.
+    config = write_config(tmp_path / "job.yaml", {
+        "cluster": sim.cluster_section(),
+        "serve": {"port": 0, "engine": sim_engine(sim_tpot_s=0.05),
+                  "models": [{"model": "/ckpt/m", "served_model_name": "m", "tensor_parallel_size": 2,
+                              "num_replicas": 2}]},
+        "eval": slow_eval(data_dir, tmp_path / "run", rows),
+    })
+    driver = start_here(sim, "eval_jobs.run", config)
+    killed = kill_when(sim, driver, config, tmp_path / "run", 15,
+                       lambda: next(iter(replica_hosts(sim, "m")), None))
+    assert driver.wait(timeout=400) == 0, logs_of(config)
+    assert_every_sample_once_and_ok(tmp_path / "run", ["m"], rows)
+    assert killed not in replica_hosts(sim, "m") or not replica_hosts(sim, "m")  # retired at the end
+
+
+def test_host_killed_with_no_room_left_fails_naming_it_and_a_rerun_resumes(data_dir, tmp_path):
+    sim, rows = start_simulated(2, 2, cpus_per_node=2, head_cpus=1), 40
+    try:
+        # Two checkpoints fill both 2-NPU hosts: the one whose host dies has nowhere to go.
+        config = write_config(tmp_path / "job.yaml", {
+            "cluster": sim.cluster_section(),
+            "serve": {"port": 0, "engine": sim_engine(sim_tpot_s=0.05),
+                      "models": [{"model": f"/ckpt/{n}", "served_model_name": n, "tensor_parallel_size": 2}
+                                 for n in ("a", "b")]},
+            "eval": slow_eval(data_dir, tmp_path / "run", rows),
+        })
+        driver = start_here(sim, "eval_jobs.run", config)
+        killed = kill_when(sim, driver, config, tmp_path / "run", 10,
+                           lambda: next(iter(replica_hosts(sim, "b")), None))
+        assert driver.wait(timeout=300) == 2, logs_of(config)
+        message = logs_of(config)
+        assert f"error: host {killed} was lost; checkpoint 'b' has no replica left" in message, message
+        assert "no remaining host has 2 NPU free" in message, message
+        assert (tmp_path / "run" / "summary.csv").exists()  # the partial report
+        first = SampleStore(tmp_path / "run" / "samples.jsonl").load()
+        assert 10 <= len(first) < 2 * rows
+
+        sim.restart_host(killed)  # the host comes back; the same command resumes
+        result = run_here(sim, "eval_jobs.run", config)
+        assert result.returncode == 0, output_of(result)
+        assert_every_sample_once_and_ok(tmp_path / "run", ["a", "b"], rows)
+        assert {r.key for r in first if r.status == "ok"} <= {r.key for r in SampleStore(
+            tmp_path / "run" / "samples.jsonl").load()[: len(first)]}  # kept, not sent again
+    finally:
+        sim.stop()
+
+
+def test_host_killed_mid_sweep_its_checkpoint_is_deployed_again_elsewhere(three_hosts, data_dir, tmp_path):
+    sim, rows = three_hosts, 12
+    ckpts = tmp_path / "ckpts"
+    for step in (100, 200, 300, 400):
+        (ckpts / f"step_{step}").mkdir(parents=True)
+        (ckpts / f"step_{step}" / "config.json").write_text('{"model_type": "qwen2"}')
+        (ckpts / f"step_{step}" / "model.safetensors").write_bytes(b"\0" * 64)
+    config = write_config(tmp_path / "sweep.yaml", {
+        "cluster": sim.cluster_section(),
+        "serve": {"port": 0, "engine": sim_engine(sim_tpot_s=0.05)},
+        "eval": slow_eval(data_dir, tmp_path / "sweep", rows),
+        "sweep": {"serving": {"tensor_parallel_size": 2}, "checkpoints": [{"glob": str(ckpts / "step_*")}]},
+    })
+    driver = start_here(sim, "eval_jobs.sweep", config)
+
+    def busy_host() -> str | None:
+        held = [ip for n in ("step_100", "step_200", "step_300", "step_400") for ip in replica_hosts(sim, n)]
+        return held[0] if held else None
+
+    killed = kill_when(sim, driver, config, tmp_path / "sweep", 4, busy_host)
+    assert driver.wait(timeout=400) == 0, logs_of(config)
+    assert_every_sample_once_and_ok(tmp_path / "sweep", [f"step_{s}" for s in (100, 200, 300, 400)], rows)
+    lost = [json.loads(line) for line in (tmp_path / "sweep" / "events.jsonl").read_text().splitlines()
+            if '"host-lost"' in line]
+    assert lost and all(killed in e["hosts"] for e in lost), lost
