@@ -7,7 +7,7 @@ infeasible request forever (facts.md: Serve stays DEPLOYING and only warns after
     needs = replica_needs("ascend", tensor_parallel_size=4, cpus_per_replica=1)     # {"NPU": 4, "CPU": 1}
     nodes = live_nodes()                                                              # needs a Ray connection
     check_feasible("step_400", needs, num_replicas=2, nodes=nodes)                    # raises: unplaceable
-    result = plan([PlacementRequest("step_400", needs, 2)], nodes)                    # placed now vs waiting
+    ledger = Ledger.of(nodes); ledger.reserve("step_400", needs, 2)                  # node ids, or None: no room now
 
 Everything but `live_nodes`, `find_infeasible` and `watch_for_infeasible` is a pure function over plain data,
 so it is unit-tested without Ray. The watchdog catches what slips through after a deploy (actors or placement
@@ -128,18 +128,19 @@ def check_feasible(
     """Raise InfeasiblePlacementError if no node can ever hold one replica (or the cluster all replicas).
 
     Feasibility is judged on node totals, not what is free: replicas that only wait for others to finish are
-    not an error (`plan` reports them as waiting).
+    not an error (a Ledger reports them as not fitting yet).
     """
     if not any(fits(needs.resources, n.total) for n in nodes):
         raise InfeasiblePlacementError(infeasible_message(model_name, needs.resources, nodes))
     # Even an empty cluster must hold all replicas at once, else the last ones would wait forever.
-    fit_on_empty = _pack(
-        [(model_name, i, needs) for i in range(num_replicas)], {n.node_id: n.total for n in nodes}
-    )[0]
-    if len(fit_on_empty) < num_replicas:
+    empty = Ledger({n.node_id: dict(n.total) for n in nodes})
+    held = 0
+    while held < num_replicas and empty.reserve(f"{model_name}#{held}", needs, 1) is not None:
+        held += 1
+    if held < num_replicas:
         raise InfeasiblePlacementError(
             f"model {model_name} needs {num_replicas} replicas of {needs.describe()} each; "
-            f"the whole cluster can hold at most {len(fit_on_empty)} at once"
+            f"the whole cluster can hold at most {held} at once"
         )
 
 
@@ -171,75 +172,53 @@ def _infeasible_message(subject: str, needs: Mapping[str, float], nodes: Sequenc
     )
 
 
-@dataclass(frozen=True)
-class PlacementRequest:
-    """A model's replicas to place."""
+@dataclass
+class Ledger:
+    """What a scheduler's own deployments hold, per node, out of what the nodes had free when it started.
 
-    model_name: str
-    needs: ReplicaNeeds
-    num_replicas: int = 1
-
-
-@dataclass(frozen=True)
-class ReplicaSlot:
-    """One replica of a model; `node_id` is where the plan puts it (None while it waits)."""
-
-    model_name: str
-    replica_index: int
-    node_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which replicas fit on the cluster's free capacity now and which wait (feasible, but no room yet)."""
-
-    placed: list[ReplicaSlot]
-    waiting: list[ReplicaSlot]
-    free_after: dict[str, Resources]
-
-    @property
-    def all_placed(self) -> bool:
-        return not self.waiting
-
-    def nodes_of(self, model_name: str) -> list[str]:
-        """Node ids holding `model_name`'s placed replicas, one entry per replica."""
-        return [s.node_id for s in self.placed if s.model_name == model_name and s.node_id is not None]
-
-    def waiting_models(self) -> list[str]:
-        return sorted({s.model_name for s in self.waiting})
-
-
-def plan(requests: Iterable[PlacementRequest], nodes: Sequence[NodeCapacity]) -> Plan:
-    """Pack replicas first-fit decreasing by device count onto the nodes' *available* resources.
-
-    Raises InfeasiblePlacementError for any request no node could ever hold (checked against totals first), so
-    a plan only ever contains placeable-now and waiting replicas. Ties keep the request order, nodes are tried
-    in the given order: the result is deterministic.
+    Ray reserves a replica's devices only once the replica is scheduled, so reading Ray's free resources right
+    after a deploy would count the same devices twice: a scheduler keeps this ledger instead.
     """
-    requests = list(requests)
-    for request in requests:
-        check_feasible(request.model_name, request.needs, request.num_replicas, nodes)
-    replicas = [(r.model_name, i, r.needs) for r in requests for i in range(r.num_replicas)]
-    placed, waiting, free = _pack(replicas, {n.node_id: n.available for n in nodes})
-    return Plan(placed=placed, waiting=waiting, free_after=free)
 
+    free: dict[str, dict[str, float]]
+    addresses: dict[str, str] = field(default_factory=dict)  # node id → address
+    held: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=dict)
 
-def _pack(
-    replicas: list[tuple[str, int, ReplicaNeeds]], capacity: Mapping[str, Mapping[str, float]]
-) -> tuple[list[ReplicaSlot], list[ReplicaSlot], dict[str, Resources]]:
-    """First-fit decreasing: the biggest replicas go first, each onto the first node with room left."""
-    free = {node_id: dict(res) for node_id, res in capacity.items()}
-    placed: list[ReplicaSlot] = []
-    waiting: list[ReplicaSlot] = []
-    # sorted() is stable, so equal-sized replicas keep request order.
-    for model_name, index, needs in sorted(replicas, key=lambda r: -r[2].device_count):
-        node_id = next((nid for nid, res in free.items() if fits(needs.resources, res)), None)
-        if node_id is None:
-            waiting.append(ReplicaSlot(model_name, index))
-        else:
-            free[node_id] = _subtract(free[node_id], needs.resources)
-            placed.append(ReplicaSlot(model_name, index, node_id))
-    return placed, waiting, free
+    @classmethod
+    def of(cls, nodes: Sequence[NodeCapacity]) -> Ledger:
+        return cls({n.node_id: dict(n.available) for n in nodes}, {n.node_id: n.address for n in nodes})
+
+    def reserve(self, name: str, needs: ReplicaNeeds, replicas: int) -> list[str] | None:
+        """Best fit for every replica (the node it leaves with the fewest free devices, so whole nodes stay whole
+        for large replicas), or nothing (None) when they don't all fit now."""
+        trial = {node: dict(res) for node, res in self.free.items()}
+        device = needs.device_key or "CPU"
+        placed = []
+        for _ in range(replicas):
+            candidates = [n for n, res in trial.items() if fits(needs.resources, res)]
+            if not candidates:
+                return None
+            node = min(candidates, key=lambda n: trial[n].get(device, 0.0))
+            trial[node] = _subtract(trial[node], needs.resources)
+            placed.append(node)
+        self.free = trial
+        self.held[name] = [(node, dict(needs.resources)) for node in placed]
+        return placed
+
+    def release(self, name: str) -> None:
+        for node, resources in self.held.pop(name, []):
+            if node not in self.free:
+                continue  # a lost node: nothing to give back
+            for key, value in resources.items():
+                self.free[node][key] = self.free[node].get(key, 0.0) + value
+
+    def keep_only(self, alive: Sequence[NodeCapacity]) -> list[str]:
+        """Forget the nodes that are no longer alive; returns their addresses."""
+        ids = {n.node_id for n in alive}
+        gone = [node for node in self.free if node not in ids]
+        for node in gone:
+            del self.free[node]
+        return [self.addresses[node] for node in gone]
 
 
 def nodes_from_ray(

@@ -21,14 +21,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from cluster.errors import HostLostError, InfeasiblePlacementError
-from cluster.planner import NodeCapacity, ReplicaNeeds, check_feasible, fits, live_nodes, replica_needs
+from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleKey, SampleResult
 from eval_jobs.run import build_requests, client_settings, data_plane
@@ -88,52 +88,6 @@ class Planned:
     num_replicas: int
     conversion: Any = None  # ObjectRef of the conversion task, None for an HF directory
     model_dir: Path | None = None
-
-
-@dataclass
-class Ledger:
-    """What the sweep's own deployments hold, per node, out of the nodes' totals."""
-
-    free: dict[str, dict[str, float]]
-    addresses: dict[str, str] = field(default_factory=dict)  # node id → address
-    held: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, nodes: Sequence[NodeCapacity]) -> Ledger:
-        return cls({n.node_id: dict(n.available) for n in nodes}, {n.node_id: n.address for n in nodes})
-
-    def reserve(self, name: str, needs: ReplicaNeeds, replicas: int) -> list[str] | None:
-        """Best fit for every replica (the node it leaves with the fewest free devices, so whole nodes stay whole
-        for large replicas), or nothing (None) when they don't all fit now."""
-        trial = {node: dict(res) for node, res in self.free.items()}
-        device = needs.device_key or "CPU"
-        placed = []
-        for _ in range(replicas):
-            candidates = [n for n, res in trial.items() if fits(needs.resources, res)]
-            if not candidates:
-                return None
-            node = min(candidates, key=lambda n: trial[n].get(device, 0.0))
-            for resource, amount in needs.resources.items():
-                trial[node][resource] = trial[node].get(resource, 0.0) - amount
-            placed.append(node)
-        self.free = trial
-        self.held[name] = [(node, dict(needs.resources)) for node in placed]
-        return placed
-
-    def release(self, name: str) -> None:
-        for node, resources in self.held.pop(name, []):
-            if node not in self.free:
-                continue  # a lost node: nothing to give back
-            for key, value in resources.items():
-                self.free[node][key] = self.free[node].get(key, 0.0) + value
-
-    def keep_only(self, alive: Sequence[NodeCapacity]) -> list[str]:
-        """Forget the nodes that are no longer alive; returns their addresses."""
-        ids = {n.node_id for n in alive}
-        gone = [node for node in self.free if node not in ids]
-        for node in gone:
-            del self.free[node]
-        return [self.addresses[node] for node in gone]
 
 
 def _largest_first(p: Planned) -> tuple[float, float, str]:

@@ -1,4 +1,4 @@
-"""Placement planning over plain data: no Ray needed."""
+"""Placement planning over plain data: no Ray needed. The packer tested is the one sweeps ship with (Ledger)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import pytest
 
 from cluster.errors import InfeasiblePlacementError
 from cluster.planner import (
+    Ledger,
     NodeCapacity,
-    PlacementRequest,
     check_feasible,
     infeasible_demands,
     nodes_from_ray,
-    plan,
     replica_needs,
 )
 
@@ -43,16 +42,37 @@ def test_replica_needs_per_platform() -> None:
 
 
 def test_tp2_times_4_all_place_on_two_4npu_nodes() -> None:
-    result = plan([PlacementRequest("step_100", replica_needs("ascend", 2, 1), 4)], npu_nodes())
-    assert result.all_placed
-    assert sorted(result.nodes_of("step_100")) == ["n0", "n0", "n1", "n1"]
-    assert result.free_after["n0"]["NPU"] == 0 and result.free_after["n1"]["NPU"] == 0
+    ledger = Ledger.of(npu_nodes())
+    assert sorted(ledger.reserve("step_100", replica_needs("ascend", 2, 1), 4)) == ["n0", "n0", "n1", "n1"]
+    assert ledger.free["n0"]["NPU"] == 0 and ledger.free["n1"]["NPU"] == 0
+    assert ledger.reserve("more", replica_needs("ascend", 1, 0), 1) is None  # nothing left
+    ledger.release("step_100")
+    assert ledger.free["n0"]["NPU"] == 4 and ledger.free["n1"]["NPU"] == 4
 
 
 def test_tp4_times_2_land_on_different_nodes() -> None:
-    result = plan([PlacementRequest("step_200", replica_needs("ascend", 4, 1), 2)], npu_nodes())
-    assert result.all_placed
-    assert sorted(result.nodes_of("step_200")) == ["n0", "n1"]
+    ledger = Ledger.of(npu_nodes())
+    assert sorted(ledger.reserve("step_200", replica_needs("ascend", 4, 1), 2)) == ["n0", "n1"]
+
+
+def test_best_fit_goes_by_devices_for_every_replica_not_by_cpus() -> None:
+    # A: 8 NPU, few CPUs free; B: 2 NPU; C: 4 NPU. Three tp-2 replicas belong on B, then C, C: A, the only
+    # node a tp-8 replica fits, stays whole. (Choosing by free CPU from the second replica on put them on B, A, A.)
+    nodes = [NodeCapacity("A", "a", {"NPU": 8, "CPU": 2}, {"NPU": 8, "CPU": 2}),
+             NodeCapacity("B", "b", {"NPU": 2, "CPU": 8}, {"NPU": 2, "CPU": 8}),
+             NodeCapacity("C", "c", {"NPU": 4, "CPU": 8}, {"NPU": 4, "CPU": 8})]
+    ledger = Ledger.of(nodes)
+    assert ledger.reserve("small", replica_needs("ascend", 2, 1), 3) == ["B", "C", "C"]
+    assert ledger.reserve("big", replica_needs("ascend", 8, 1), 1) == ["A"]
+
+
+def test_a_lost_node_is_forgotten_and_its_replicas_give_nothing_back() -> None:
+    ledger = Ledger.of(npu_nodes())
+    assert sorted(ledger.reserve("m", replica_needs("ascend", 4, 1), 2)) == ["n0", "n1"]
+    alive = [n for n in npu_nodes() if n.node_id != "n1"]
+    assert ledger.keep_only(alive) == ["127.0.0.4"]
+    ledger.release("m")
+    assert "n1" not in ledger.free and ledger.free["n0"]["NPU"] == 4
 
 
 def test_tp8_is_infeasible_with_a_clear_message() -> None:
@@ -61,7 +81,7 @@ def test_tp8_is_infeasible_with_a_clear_message() -> None:
         check_feasible("step_400", needs, 1, npu_nodes())
     assert str(info.value) == "model step_400 needs 8 NPU on one node; largest node has 4"
     with pytest.raises(InfeasiblePlacementError, match="needs 16 NPU on one node; largest node has 8"):
-        plan([PlacementRequest("step_400", replica_needs("ascend", 16, 1))], npu_nodes(npus=8))
+        check_feasible("step_400", replica_needs("ascend", 16, 1), 1, npu_nodes(npus=8))
 
 
 def test_more_replicas_than_the_whole_cluster_holds_is_infeasible() -> None:
@@ -90,41 +110,19 @@ def test_no_npu_anywhere() -> None:
 def test_feasible_but_busy_replicas_wait_instead_of_failing() -> None:
     # Both workers have only 2 of their 4 NPUs free: a tp-4 replica fits nowhere *now* but is not an error.
     nodes = npu_nodes(free_npus=2)
-    result = plan(
-        [
-            PlacementRequest("big", replica_needs("ascend", 4, 1)),
-            PlacementRequest("small", replica_needs("ascend", 2, 1), 2),
-        ],
-        nodes,
-    )
-    assert [s.model_name for s in result.waiting] == ["big"]
-    assert result.waiting_models() == ["big"]
-    assert sorted(result.nodes_of("small")) == ["n0", "n1"]
-    assert not result.all_placed
-
-
-def test_first_fit_decreasing_places_big_replicas_first() -> None:
-    # In request order a tp-1 would split a node and strand the tp-4; biggest first places both.
-    nodes = npu_nodes(count=2, npus=4, cpus=4)
-    result = plan(
-        [
-            PlacementRequest("small", replica_needs("ascend", 1, 1), 4),
-            PlacementRequest("big", replica_needs("ascend", 4, 1), 1),
-        ],
-        nodes,
-    )
-    assert result.all_placed
-    assert result.nodes_of("big") == ["n0"]
-    assert sorted(result.nodes_of("small")) == ["n1"] * 4
+    check_feasible("big", replica_needs("ascend", 4, 1), 1, nodes)
+    ledger = Ledger.of(nodes)
+    assert ledger.reserve("big", replica_needs("ascend", 4, 1), 1) is None
+    assert sorted(ledger.reserve("small", replica_needs("ascend", 2, 1), 2)) == ["n0", "n1"]
+    assert "big" not in ledger.held and set(ledger.held) == {"small"}
 
 
 def test_cpu_platform_packs_by_cpus() -> None:
     nodes = [NodeCapacity("h", "127.0.0.1", {"CPU": 2}, {"CPU": 2}, is_head=True)]
-    result = plan(
-        [PlacementRequest("tiny", replica_needs("cpu", 1, 1), 3)],
-        [NodeCapacity("h", "h", {"CPU": 4}, {"CPU": 2})],
-    )
-    assert len(result.placed) == 2 and len(result.waiting) == 1
+    ledger = Ledger.of([NodeCapacity("h", "h", {"CPU": 4}, {"CPU": 2})])
+    needs = replica_needs("cpu", 1, 1)
+    assert ledger.reserve("tiny", needs, 2) == ["h", "h"]
+    assert ledger.reserve("tiny-2", needs, 1) is None
     with pytest.raises(InfeasiblePlacementError):
         check_feasible("tiny", replica_needs("cpu", 1, 3), 1, nodes)
 
