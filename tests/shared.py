@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cluster.hosts import SimHost
 from eval_jobs.records import SampleRequest, SampleResult
 from eval_jobs.work import ClientSettings, distribute
 from serve_apps.config import ModelConfig
@@ -49,3 +52,13 @@ def distribute_with_fault(
         runner.join(timeout=300)
     assert not runner.is_alive(), "the run did not end after the fault"
     return results
+
+
+def fetch_from(host: SimHost | None, url: str) -> str:
+    """GET `url` from `host` (None: this machine): 'ok', or the error's name."""
+    code = ("import sys, urllib.request\n"
+            "try:\n    urllib.request.urlopen(sys.argv[1], timeout=3); print('ok')\n"
+            "except Exception as e:\n    print(type(getattr(e, 'reason', e)).__name__)\n")
+    argv = [sys.executable, "-c", code, url]
+    return subprocess.run(host.command(argv) if host else argv, capture_output=True, text=True,
+                          timeout=30).stdout.strip()

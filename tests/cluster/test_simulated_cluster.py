@@ -44,6 +44,7 @@ from cluster.simulate import (  # noqa: E402
     simulate_up,
     simulated_cluster,
 )
+from shared import fetch_from  # noqa: E402
 
 # -- pure parts ----------------------------------------------------------------------------------------------
 
@@ -207,16 +208,6 @@ def serve_once(host: SimHost, bind: str) -> subprocess.Popen:
     assert "port" in line, line
     proc.port = int(line.split(" port ")[1].split()[0])  # type: ignore[attr-defined]
     return proc
-
-
-def fetch_from(host: SimHost | None, url: str) -> str:
-    """GET `url` from `host` (None: this machine): 'ok', or the error's name."""
-    code = ("import sys, urllib.request\n"
-            "try:\n    urllib.request.urlopen(sys.argv[1], timeout=3); print('ok')\n"
-            "except Exception as e:\n    print(type(getattr(e, 'reason', e)).__name__)\n")
-    argv = [sys.executable, "-c", code, url]
-    return subprocess.run(host.command(argv) if host else argv, capture_output=True, text=True,
-                          timeout=30).stdout.strip()
 
 
 @needs_namespaces

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,8 +24,9 @@ import yaml
 
 from cluster.hosts import namespaces_available
 from cluster.paths import REPO_ROOT
-from cluster.simulate import SimulatedCluster, start_simulated
+from cluster.simulate import SimulatedCluster, free_port, start_simulated
 from eval_jobs.store import SampleStore
+from shared import fetch_from
 
 pytestmark = pytest.mark.skipif(not namespaces_available(), reason="separate hosts need network namespaces (root)")
 
@@ -281,3 +283,36 @@ def test_host_killed_mid_sweep_its_checkpoint_is_deployed_again_elsewhere(three_
     lost = [json.loads(line) for line in (tmp_path / "sweep" / "events.jsonl").read_text().splitlines()
             if '"host-lost"' in line]
     assert lost and all(killed in e["hosts"] for e in lost), lost
+
+
+def test_endpoint_on_every_host_with_proxy_location_every_node(hosts, tmp_path):
+    """Where a person reaches the shared endpoint: with EveryNode, the head and every host that runs a replica
+    serve it on their own 127.0.0.1 (Ray Serve starts proxies on the nodes that have replicas, and the head)."""
+    port = free_port()  # free on this machine; every other host has a network stack of its own
+    config = write_config(tmp_path / "serve.yaml", {
+        "cluster": hosts.cluster_section(),
+        "serve": {"port": port, "proxy_location": "EveryNode", "engine": sim_engine(),
+                  "models": [{"model": "/ckpt/everywhere", "served_model_name": "everywhere"}]},
+    })
+    env = dict(os.environ, **hosts.state.client_env())
+    env.pop("RAY_ADDRESS")
+    cli = str(Path(sys.executable).parent / "evalcluster")
+    server = subprocess.Popen([cli, "serve", "--config", str(config)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in server.stdout:
+            seen.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        assert server.poll() is None, "".join(seen[-40:])
+        url = f"http://127.0.0.1:{port}/v1/models"
+        on = [hosts.host(ip) for ip in sorted({hosts.head_ip, *replica_hosts(hosts, "everywhere")})]
+        assert len(on) >= 2
+        deadline = time.monotonic() + 60  # each proxy learns the routes on its own
+        while (answers := [fetch_from(h, url) for h in on]) != ["ok"] * len(on) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert answers == ["ok"] * len(on), answers
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=120)
