@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=6379)
     p.add_argument("--auth-mode", choices=["token", "disabled"], default="token")
     p.add_argument("--token-path", help="joining node: the copy of the head's token file")
-    p.add_argument("--simulate", metavar="NODES:NPUS", help="up: simulated NPU nodes on 127.0.0.2.. (tests)")
+    p.add_argument("--simulate", metavar="NODES:NPUS", help="up: simulated NPU nodes, each a host of its own (network namespace; tests, development)")
     p.set_defaults(func=cmd_cluster)
     return parser
 
