@@ -4,7 +4,7 @@ Ray reads its auth mode once, when it is first imported, so the mode is made exp
 this project imports ray: token auth with the token at $RAY_AUTH_TOKEN_PATH (default
 <evalcluster home>/ray/auth_token), unless the environment already says otherwise (RAY_AUTH_MODE=disabled for a
 throwaway cluster). Ray also decides at import whether it rewrites 127.0.0.1 to the machine's external address:
-a driver that starts its own local Ray keeps loopback only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (facts.md).
+a driver that starts its own local Ray keeps loopback only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (docs/platform-notes.md).
 Usage statistics are off: nothing leaves the machine.
 """
 

@@ -10,7 +10,7 @@ home>/cluster/state.json`; `cluster_down` signals those pids only, so other Ray 
 (other users, test clusters) survive, unlike `ray stop`. SIGTERM makes `ray start --block` tear its node's
 processes down, and Ray ties them to it with PR_SET_PDEATHSIG besides.
 
-Why the environment is spelled out (facts.md, Ray 2.60): Ray rewrites 127.0.0.1 to the machine's external
+Why the environment is spelled out (docs/platform-notes.md, Ray 2.60): Ray rewrites 127.0.0.1 to the machine's external
 address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; token auth is on by default and clients must be told the
 mode; a `ray start --address` that can't reach its head waits ~14 minutes; Ray workers use the Python `ray
 start` ran with.

@@ -2,7 +2,7 @@
 
 Every replica holds all its devices on one node (design.md §1: tensor parallelism stays inside a node), so a
 request is feasible only if one node's *total* resources cover one replica. Ray itself would queue an
-infeasible request forever (facts.md: Serve stays DEPLOYING and only warns after 30 s), hence the checks here:
+infeasible request forever (docs/platform-notes.md: Serve stays DEPLOYING and only warns after 30 s), hence the checks here:
 
     needs = replica_needs("ascend", tensor_parallel_size=4, cpus_per_replica=1)     # {"NPU": 4, "CPU": 1}
     nodes = live_nodes()                                                              # needs a Ray connection
@@ -93,7 +93,7 @@ def replica_needs(
     if cpus_per_replica > 0:
         resources["CPU"] = float(cpus_per_replica)
     if accelerator_type:
-        # Ray's accelerator_type option asks for a sliver of this node resource (facts.md).
+        # Ray's accelerator_type option asks for a sliver of this node resource (docs/platform-notes.md).
         resources[ACCELERATOR_TYPE_PREFIX + accelerator_type] = 0.001
     return ReplicaNeeds(resources)
 
@@ -351,7 +351,7 @@ def dashboard_url(gcs_address: str | None = None) -> str:
     """The dashboard (state API server) URL of the cluster at `gcs_address` (default: the connected one).
 
     Read from the GCS directly: Ray's own helper rewrites 127.0.0.1 to the machine's external address
-    (facts.md), and without an address the state API picks the *latest* cluster on the machine, maybe somebody
+    (docs/platform-notes.md), and without an address the state API picks the *latest* cluster on the machine, maybe somebody
     else's.
     """
     import ray
@@ -401,7 +401,7 @@ def watch_for_infeasible(
     """After a deploy: raise InfeasiblePlacementError as soon as something pending can never be placed.
 
     Returns quietly after `timeout_s`, or earlier once `until()` is true (e.g. every application is RUNNING).
-    Ray detects infeasible placement groups at once and pending actors within seconds (facts.md), so 10 s is
+    Ray detects infeasible placement groups at once and pending actors within seconds (docs/platform-notes.md), so 10 s is
     enough; Serve itself would stay DEPLOYING forever.
     """
     deadline = time.monotonic() + timeout_s

@@ -27,7 +27,7 @@ from eval_jobs.sweep.config import CheckpointSource, SweepConfig
 from serve_apps.config import Platform
 
 Kind = Literal["hf", "ckpt", "shards"]
-# MindRLHF: <save_dir>/train/rank_{r}/policy_model_rank_{r}-{epoch}_{step}.safetensors (facts.md).
+# MindRLHF: <save_dir>/train/rank_{r}/policy_model_rank_{r}-{epoch}_{step}.safetensors (docs/platform-notes.md).
 SHARD_FILE = re.compile(r"^policy_model_rank_(\d+)-(\d+)_(\d+)\.safetensors$")
 STEP_IN_NAME = re.compile(r"(?:global_step|step|iter|checkpoint|ckpt)[-_]?(\d+)", re.IGNORECASE)
 META_STEP_KEYS = ("step", "last_step", "global_step")

@@ -4,7 +4,7 @@ directory that vLLM (and vllm-mindspore's Native backend) loads.
     out = convert(checkpoint, base=Path("/models/Qwen2.5-7B-Instruct"), cache_dir=Path(".evalcluster/converted"))
     ref = convert_remote(checkpoint, base, cache_dir)       # the same, as a Ray task on one CPU
 
-MindSpore's own APIs do the format work (facts.md): `ms.ckpt_to_safetensors` for a .ckpt,
+MindSpore's own APIs do the format work (docs/platform-notes.md): `ms.ckpt_to_safetensors` for a .ckpt,
 `ms.unified_safetensors` to merge tensor-parallel shards by their strategy file. Then MindFormers parameter names
 become Hugging Face names (Qwen2/Llama family), everything that is not a model weight (optimizer moments, step
 counters) is dropped, the header metadata says `pt` (MindSpore writes `ms`, which HF loaders reject), and
@@ -209,7 +209,7 @@ def _mindspore_convert(ms, checkpoint: Checkpoint, work: Path) -> list[Path]:
 
 def check_shapes(tensors: dict, base: Path, source: Path) -> None:
     """Every converted tensor must have the shape the base model's has (when the base ships weights): a wrong
-    strategy file merges silently into wrong shapes (facts.md), which vLLM would report far less clearly."""
+    strategy file merges silently into wrong shapes (docs/platform-notes.md), which vLLM would report far less clearly."""
     from safetensors import safe_open
 
     expected = {}
