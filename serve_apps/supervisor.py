@@ -10,6 +10,7 @@ import httpx
 from ray import serve
 
 from cluster.planner import replica_needs
+from cluster.secrets import redact_argv
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.engine_process import launch_engine
 from serve_apps.errors import EngineUnavailableError
@@ -47,10 +48,14 @@ class EngineSupervisor:
         self._engine_cfg = engine
         self._engine = launch_engine(model, engine, cpus=engine.cpus_per_replica)
         # No pool limit: the engine does its own queueing, and the replica's max_ongoing_requests bounds us already.
+        # The engine's key on every request, health probes included (/health is open, but one client, one rule);
+        # no proxy from the environment: none may see the key.
         self._client = httpx.AsyncClient(
             base_url=self._engine.base_url,
+            headers=self._engine.headers,
             timeout=httpx.Timeout(engine.request_timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            trust_env=False,
         )
         log.info("engine for %s ready at %s (pid %s)", model.name, self._engine.base_url, self._engine.proc.pid)
 
@@ -89,8 +94,10 @@ class EngineSupervisor:
             raise RuntimeError(f"engine for {self._model.name!r} answered /health with {response.status_code}")
 
     def engine_info(self) -> dict[str, Any]:
-        """Where the engine listens and its pid, for operators and tests that talk to it directly."""
-        return {"url": self._engine.base_url, "pid": self._engine.proc.pid, "argv": self._engine.argv}
+        """Where the engine listens, its pid and argv, and the 0600 file on its node that holds its key, for
+        operators and tests that talk to it directly. Never the key: any Serve handle could read this."""
+        return {"url": self._engine.base_url, "pid": self._engine.proc.pid,
+                "argv": redact_argv(self._engine.argv), "key_file": str(self._engine.key_file)}
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful replica shutdown; a crash is covered by the child's parent-death signal.

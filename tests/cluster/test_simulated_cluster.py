@@ -296,18 +296,20 @@ def test_engine_supervisors_hold_their_npus_across_nodes(sim: SimulatedCluster) 
 
     from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
     from serve_apps.endpoint import Endpoint
+    from serve_apps.engine_process import engine_headers
 
     engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0, startup_timeout_s=120)
     model = ModelConfig(model="/ckpt/step_100", tensor_parallel_size=2, num_replicas=4)
     endpoint = Endpoint(ServeConfig(port=0, engine=engine, models=[model])).start()
     try:
-        engines: dict[int, str] = {}
+        engines: dict[int, dict] = {}
         deadline = time.monotonic() + 60
         while len(engines) < 4 and time.monotonic() < deadline:  # the handle picks a replica at random
             info = endpoint.engine_info("step_100")
-            engines[info["pid"]] = info["url"]
+            engines[info["pid"]] = info
         assert len(engines) == 4
-        seen = [json.load(urllib.request.urlopen(url + "/sim/stats", timeout=10)) for url in engines.values()]
+        seen = [json.load(urllib.request.urlopen(urllib.request.Request(
+            info["url"] + "/sim/stats", headers=engine_headers(info)), timeout=10)) for info in engines.values()]
         devices = [s["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"] for s in seen]
         assert all(len(d.split(",")) == 2 for d in devices)
         assert all(s["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native" for s in seen)

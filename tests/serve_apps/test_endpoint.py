@@ -15,6 +15,7 @@ from ray import serve
 
 from shared import API_KEY, MAX_MODEL_LEN, MAX_REQUEST_BYTES, tiny_models
 from serve_apps.config import EngineConfig, ModelConfig
+from serve_apps.engine_process import engine_headers
 from serve_apps.ingress import engine_app_name
 
 pytestmark = pytest.mark.engine
@@ -46,8 +47,9 @@ def test_models_lists_both_checkpoints_with_engine_cards(client):
 def test_greedy_chat_equals_the_engine_called_directly(client, endpoint):
     through_endpoint = client.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
     assert through_endpoint.status_code == 200, through_endpoint.text
-    direct_url = endpoint.engine_info("tiny-a")["url"]
-    direct = httpx.post(f"{direct_url}/v1/chat/completions", json={**CHAT, "model": "tiny-a"}, timeout=120)
+    info = endpoint.engine_info("tiny-a")
+    direct = httpx.post(f"{info['url']}/v1/chat/completions", json={**CHAT, "model": "tiny-a"},
+                        headers=engine_headers(info), timeout=120)
     ours, theirs = through_endpoint.json(), direct.json()
     assert ours["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]
     assert ours["usage"]["completion_tokens"] == theirs["usage"]["completion_tokens"] > 0
@@ -167,7 +169,9 @@ def test_ascend_replica_holds_npus_and_its_engine_sees_them(endpoint, client):
     engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0)
     endpoint.add_models([ModelConfig(model="/ckpt/npu-sim", tensor_parallel_size=2)], engine=engine)
     try:
-        stats = httpx.get(endpoint.engine_info("npu-sim")["url"] + "/sim/stats").json()
+        info = endpoint.engine_info("npu-sim")
+        assert httpx.get(info["url"] + "/sim/stats").status_code == 401  # the simulator keeps the engine key rule
+        stats = httpx.get(info["url"] + "/sim/stats", headers=engine_headers(info)).json()
         devices = stats["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"]
         assert len(devices.split(",")) == 2
         assert stats["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native"
