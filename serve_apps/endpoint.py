@@ -16,7 +16,7 @@ from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.errors import ConfigError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
-from serve_apps.engine_process import free_port
+from cluster.net import free_port
 from serve_apps.errors import EngineStartupError, ModelNotFoundError
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
 

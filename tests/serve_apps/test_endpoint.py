@@ -205,7 +205,8 @@ def engine_group(guard_pid: int) -> list[int]:
 
 def test_killed_engine_is_replaced_and_the_endpoint_answers_again(endpoint, client):
     """Last on purpose: it takes tiny-b down for the time Serve needs to notice and start a new engine."""
-    guard_pid = endpoint.engine_info("tiny-b")["pid"]
+    dead = endpoint.engine_info("tiny-b")
+    guard_pid = dead["pid"]
     api_server = int(subprocess.check_output(["pgrep", "-P", str(guard_pid)]).split()[0])
     os.kill(api_server, signal.SIGKILL)  # the engine crashes; its engine core and workers are left behind
     deadline = time.monotonic() + 300
@@ -221,3 +222,4 @@ def test_killed_engine_is_replaced_and_the_endpoint_answers_again(endpoint, clie
         pytest.fail(f"tiny-b did not answer within 300 s of its engine being killed: {serve.status()}")
     assert serve.status().applications[engine_app_name("tiny-b")].status == "RUNNING"
     assert engine_group(guard_pid) == []  # nothing of the dead engine survives to hold memory or ports
+    assert not os.path.exists(dead["key_file"])  # nor its key
