@@ -73,7 +73,8 @@ class RequestError(Exception):
 def _require_key(digest: bytes):
     @web.middleware
     async def require_key(request: web.Request, handler):
-        if request.path in engine_auth.OPEN_PATHS or engine_auth.authorized(request.headers.get("Authorization"), digest):
+        if request.path in engine_auth.OPEN_PATHS or engine_auth.authorized(request.headers.get("Authorization"),
+                                                                            digest):
             return await handler(request)
         return web.Response(status=401, body=engine_auth.UNAUTHORIZED_BODY, content_type="application/json")
 
