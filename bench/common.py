@@ -139,10 +139,11 @@ class Timing:
     completion_tokens: int | None
 
 
-async def _minimal(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[Timing]]:
+async def _minimal(url: str, bodies: list[dict], concurrency: int, headers: dict[str, str] | None = None,
+                   ) -> tuple[float, list[Timing]]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600, trust_env=False) as client:
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=600, trust_env=False) as client:
 
         async def one(body: dict) -> Timing:
             async with gate:
@@ -171,10 +172,11 @@ async def _minimal(url: str, bodies: list[dict], concurrency: int) -> tuple[floa
         return time.perf_counter() - t0, list(timings)
 
 
-def minimal_client(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[Timing]]:
+def minimal_client(url: str, bodies: list[dict], concurrency: int, headers: dict[str, str] | None = None,
+                   ) -> tuple[float, list[Timing]]:
     """Send `bodies` with at most `concurrency` in flight; (wall seconds, per-request timings). One process,
     one event loop, no retries, no bookkeeping: the least any client must do."""
-    return asyncio.run(_minimal(url, bodies, concurrency))
+    return asyncio.run(_minimal(url, bodies, concurrency, headers))
 
 
 # ---------------------------------------------------------------- statistics and results

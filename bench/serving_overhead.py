@@ -18,6 +18,7 @@ import httpx
 from bench.common import DTYPE, QUICK, SMOLLM2, Result, local_ray, minimal_client, pct, report
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.endpoint import Endpoint
+from serve_apps.engine_process import engine_headers
 
 NAME = "smollm2"
 REQUESTS, CONCURRENCY, ROUNDS = (16, 8, 1) if QUICK else (48, 16, 2)
@@ -39,11 +40,12 @@ def bodies(stream: bool, n: int = REQUESTS, max_tokens: int = 32) -> list[dict]:
     return out
 
 
-async def alternating_singles(sides: dict[str, str]) -> dict[str, list[float]]:
+async def alternating_singles(sides: dict[str, str], headers: dict[str, dict[str, str]]) -> dict[str, list[float]]:
     """Latency of PROBES one-token requests per side, sent one at a time, sides alternating request by request
     (and which goes first), each on its own kept-alive connection, warmed first so no connect time is in it. Each
     request has a prompt of its own, so neither side finds the other's prefix in vLLM's cache."""
-    clients = {s: httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) for s, url in sides.items()}
+    clients = {s: httpx.AsyncClient(base_url=url, headers=headers[s], timeout=60, trust_env=False)
+               for s, url in sides.items()}
     latencies: dict[str, list[float]] = {s: [] for s in sides}
     prompts = iter(bodies(False, len(sides) * (PROBES + 1), max_tokens=1))
     try:
@@ -68,10 +70,12 @@ def main() -> None:
         ep = Endpoint(cfg)
         try:
             ep.start()
-            sides = {"endpoint": ep.url, "bare": ep.engine_info(NAME)["url"]}
+            info = ep.engine_info(NAME)
+            sides = {"endpoint": ep.url, "bare": info["url"]}
+            headers = {"endpoint": {}, "bare": engine_headers(info)}  # the engine answers only with its own key
             print(f"endpoint {sides['endpoint']}  bare engine {sides['bare']}")
-            for url in sides.values():  # warm both paths (connections, Serve handles) outside the timing
-                minimal_client(url, bodies(False)[:CONCURRENCY], CONCURRENCY)
+            for side, url in sides.items():  # warm both paths (connections, Serve handles) outside the timing
+                minimal_client(url, bodies(False)[:CONCURRENCY], CONCURRENCY, headers[side])
 
             wall = {s: 0.0 for s in sides}
             latencies = {s: [] for s in sides}
@@ -79,14 +83,14 @@ def main() -> None:
             for r in range(ROUNDS):
                 order = list(sides) if r % 2 == 0 else list(reversed(sides))
                 for side in order:
-                    seconds, timings = minimal_client(sides[side], bodies(False), CONCURRENCY)
+                    seconds, timings = minimal_client(sides[side], bodies(False), CONCURRENCY, headers[side])
                     wall[side] += seconds
                     latencies[side] += [t.latency_s for t in timings]
                     print(f"round {r} {side:8s} non-streaming {REQUESTS / seconds:6.2f} req/s")
                 for side in reversed(order):
-                    _, timings = minimal_client(sides[side], bodies(True, STREAMED), CONCURRENCY)
+                    _, timings = minimal_client(sides[side], bodies(True, STREAMED), CONCURRENCY, headers[side])
                     ttfts[side] += [t.ttft_s for t in timings if t.ttft_s is not None]
-            single = asyncio.run(alternating_singles(sides))
+            single = asyncio.run(alternating_singles(sides, headers))
         finally:
             ep.shutdown()
 

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cluster.errors import ConfigError
+from cluster.secrets import REDACTED, looks_secret, redact
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,7 +48,9 @@ def describe_validation_error(exc: ValidationError, *, source: str, section: str
     for err in exc.errors():
         field = ".".join(str(p) for p in ((section,) if section else ()) + tuple(err["loc"]))
         value = err.get("input")
-        shown = "" if err["type"] == "missing" else f" = {value!r:.80}"
+        if err["loc"] and looks_secret(str(err["loc"][-1])):
+            value = REDACTED  # an error must not print the key it is about
+        shown = "" if err["type"] == "missing" else f" = {redact(value)!r:.80}"
         problems.append(f"{source}: {field or '<top>'}{shown}: {err['msg']}")
     return "\n".join(problems)
 

@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ClusterConnectionError, ConfigError
+from cluster.net import free_port
 from cluster.hosts import MAX_HOSTS, HostNetwork, SimHost, create_network, destroy_network
 from cluster.nodes import (
     ClusterState,
@@ -82,13 +82,6 @@ def parse_simulate_spec(spec: str) -> tuple[int, int]:
             f"--simulate {spec!r}: expected NODES:NPUS_PER_NODE, e.g. 2:8 (1 to {MAX_NODES} nodes)"
         )
     return nodes, npus
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free on `host` right now (a small race, fine for throwaway clusters)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

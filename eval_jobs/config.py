@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from cluster.configfile import StrictModel, load_config
+from cluster.secrets import api_key_from, check_secret_file
 from serve_apps.config import ServeConfig
 
 
@@ -56,7 +57,13 @@ class EvalConfig(StrictModel):
         None, description="OpenAI-compatible base URL to evaluate (the shared endpoint or any vLLM server). "
         "Leave empty when the job's `serve:` section deploys the checkpoints itself.",
     )
-    api_key: SecretStr | None = Field(None, description="Bearer key for the endpoint.")
+    api_key_file: str | None = Field(
+        None, description="File holding the endpoint's key (mode 0600: refused if other users may read it).",
+    )
+    api_key: SecretStr | None = Field(
+        None, validate_default=True, description="Bearer key for the endpoint. Default: the key in api_key_file, "
+        "else $EVALCLUSTER_API_KEY, else serve.api_key when the job serves its own checkpoints.",
+    )
     transport: Literal["auto", "http", "serve"] = Field(
         "auto", description="How requests reach the engines. auto: checkpoints this cluster serves (the job's own, "
         "or `endpoint` when it is this cluster's endpoint) through Serve handles straight to their engine "
@@ -82,6 +89,13 @@ class EvalConfig(StrictModel):
     max_retries: int = Field(3, ge=0, description="Retries of a sample on connection errors, 429 and 5xx.")
     backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter.")
     output: str = Field("runs/latest", description="Run directory; running again on it resumes.")
+
+    _key_file_ok = field_validator("api_key_file")(check_secret_file)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_from_file_or_env(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return api_key_from(value, info.data.get("api_key_file"))
 
     @model_validator(mode="after")
     def _ks_within_repeats(self) -> EvalConfig:

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from cluster.secrets import redact
 from eval_jobs.records import SampleResult
 from eval_jobs.store import RunDir
 
@@ -63,7 +64,6 @@ VERSIONED_PACKAGES = {
     "evalcluster": "evalcluster", "ray": "ray", "ais_bench": "ais-bench-benchmark", "pandas": "pandas",
     "torch": "torch", "numpy": "numpy", "pyarrow": "pyarrow", "httpx": "httpx", "pydantic": "pydantic",
 }  # fmt: skip
-_SECRET_KEYS = {"api_key", "token", "auth_token", "password", "secret"}
 
 
 def samples_frame(results: Iterable[SampleResult]) -> pd.DataFrame:
@@ -187,10 +187,11 @@ def write_report(
 
 
 def write_config(run_dir: RunDir, config: Mapping[str, Any] | BaseModel) -> Path:
-    """Record the run's config as YAML, secrets (api keys, tokens, passwords) redacted."""
+    """Record the run's config as YAML, secrets redacted: every string whose key looks secret (api_key, engine.env's
+    HF_TOKEN, ...; cluster.secrets.looks_secret)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     data = json.loads(json.dumps(data, default=str))  # Paths, enums etc. → plain YAML scalars
-    write_atomic(run_dir.config_yaml, yaml.safe_dump(_redact(data), sort_keys=False).encode())
+    write_atomic(run_dir.config_yaml, yaml.safe_dump(redact(data), sort_keys=False).encode())
     return run_dir.config_yaml
 
 
@@ -317,15 +318,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _redact(data: Any) -> Any:
-    if isinstance(data, dict):
-        secret = {k for k in data if str(k).lower() in _SECRET_KEYS or str(k).lower().endswith("api_key")}
-        return {k: "***" if k in secret and v else _redact(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_redact(v) for v in data]
-    return data
 
 
 def _scores_png(table: pd.DataFrame) -> bytes:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import ipaddress
 import logging
 import time
 import urllib.parse
@@ -25,6 +23,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster.net import is_loopback
 from eval_jobs.client import SERVE_SCHEME, Transports, send_chat
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
@@ -152,14 +151,7 @@ def _this_node() -> NodeAffinitySchedulingStrategy:
 
 
 def _is_loopback_url(endpoint: str) -> bool:
-    if endpoint.startswith(SERVE_SCHEME):
-        return False
-    host = urllib.parse.urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
-    return False
+    return not endpoint.startswith(SERVE_SCHEME) and is_loopback(urllib.parse.urlsplit(endpoint).hostname or "")
 
 
 def distribute(

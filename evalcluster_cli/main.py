@@ -29,6 +29,18 @@ def _engine_arg(text: str) -> tuple[str, Any]:
     return key, True if lowered in ("", "true") else False if lowered == "false" else value
 
 
+def _api_key_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key", help="the endpoint's key; visible to every user in `ps`: prefer --api-key-file or "
+                   "$EVALCLUSTER_API_KEY")
+    p.add_argument("--api-key-file", metavar="FILE", help="file holding the endpoint's key (mode 0600)")
+
+
+def _warn_key_in_argv(args: argparse.Namespace) -> None:
+    if getattr(args, "api_key", None):
+        print("warning: --api-key is visible to every user of this machine in `ps`; use --api-key-file or "
+              "$EVALCLUSTER_API_KEY", file=sys.stderr)
+
+
 def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v != [] and v != {}}
 
@@ -62,7 +74,8 @@ def serve_overrides(args: argparse.Namespace, *, with_endpoint: bool) -> dict[st
     """The `serve:` fields the flags set (models replace the file's list when --model is given)."""
     fields: dict[str, Any] = {}
     if with_endpoint:
-        fields.update(_drop_none({"host": args.host, "port": args.port, "api_key": args.api_key}))
+        fields.update(_drop_none({"host": args.host, "port": args.port, "api_key": args.api_key,
+                                  "api_key_file": args.api_key_file}))
     engine = _drop_none({"platform": args.platform, "python": args.engine_python, "kind": args.engine_kind,
                          "startup_timeout_s": args.startup_timeout_s})
     if engine:
@@ -126,7 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     generation = _drop_none({"max_out_len": args.max_out_len, "temperature": args.temperature,
                              "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed})
     eval_fields = _drop_none({
-        "endpoint": args.endpoint, "api_key": args.api_key, "models": args.models, "datasets": args.datasets,
+        "endpoint": args.endpoint, "api_key": args.api_key, "api_key_file": args.api_key_file,
+        "models": args.models, "datasets": args.datasets,
         "data_dir": args.data_dir, "num_repeats": args.num_repeats, "k": args.k, "limit": args.limit,
         "concurrency": args.concurrency, "clients": args.clients, "timeout_s": args.timeout,
         "max_retries": args.max_retries, "output": args.output,
@@ -247,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--api-key")
+    _api_key_flags(p)
     p.add_argument("--config", help="YAML with a serve: section (and optionally cluster:)")
     p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
     p.set_defaults(func=cmd_serve)
@@ -272,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds per request attempt")
     p.add_argument("--max-retries", type=int)
     p.add_argument("--output", help="run directory (running again resumes)")
-    p.add_argument("--api-key")
+    _api_key_flags(p)
     p.add_argument("--address", help="Ray cluster to run on")
     p.set_defaults(func=cmd_eval)
 
@@ -320,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _warn_key_in_argv(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_command(lambda: args.func(args))

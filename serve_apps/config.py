@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from cluster.configfile import StrictModel
+from cluster.net import is_loopback
 from cluster.paths import REPO_ROOT
+from cluster.secrets import api_key_from, check_secret_file
 
 Platform = Literal["ascend", "cuda", "cpu"]
 EngineArgValue = str | int | float | bool
@@ -42,7 +44,11 @@ class EngineConfig(StrictModel):
     omp_num_threads: int | None = Field(
         None, ge=1, description="OMP_NUM_THREADS for the engine (Ray workers default to 1; None: one per reserved CPU)."
     )
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the engine process.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the engine process (e.g. HF_TOKEN). "
+        "Values whose names look secret (*TOKEN*, *KEY*, *SECRET*, *PASSWORD*) are redacted wherever evalcluster "
+        "records or logs them.",
+    )
     ascend_model_backend: str = Field(
         "Native", description="VLLM_MS_MODEL_BACKEND on ascend: 'Native' serves HF safetensors without MindFormers."
     )
@@ -100,7 +106,7 @@ class ModelConfig(ServingSettings):
     def _shipped_model_name(cls, value: str) -> str:
         from serve_apps import models
 
-        return models.resolve(value)
+        return absolute_checkpoint(models.resolve(value))
 
     @field_validator("served_model_name")
     @classmethod
@@ -108,6 +114,16 @@ class ModelConfig(ServingSettings):
         if value is not None and (not value.strip() or "/" in value and value.startswith("/")):
             raise ValueError("must be a non-empty name that does not start with '/'")
         return value
+
+
+def absolute_checkpoint(model: str) -> str:
+    """`~`, `./x`, `../x` and any relative path that exists here → an absolute path; anything else (a hub id such as
+    `org/name`, an absolute path) unchanged. The engine runs in another working directory and does not expand `~`:
+    given either, it takes the path for a hub id."""
+    path = Path(model).expanduser()
+    if model.startswith(("~", "./", "../")) or model in (".", "..") or (not path.is_absolute() and path.exists()):
+        return str(path.resolve())
+    return model
 
 
 class ServeConfig(StrictModel):
@@ -121,11 +137,39 @@ class ServeConfig(StrictModel):
         "or EveryNode (each host serves the endpoint at host:port of its own, e.g. its own 127.0.0.1).",
     )
     port: int = Field(8000, ge=0, le=65535, description="Endpoint port (0: any free port).")
-    api_key: SecretStr | None = Field(None, description="If set, every /v1 route needs `Authorization: Bearer KEY`.")
+    api_key_file: str | None = Field(
+        None, description="File holding the endpoint's API key (mode 0600: refused if other users may read it). "
+        "Keeps the key out of argv and config files.",
+    )
+    api_key: SecretStr | None = Field(
+        None, validate_default=True,
+        description="If set, every /v1 route and /metrics need `Authorization: Bearer KEY`. Default: the key in "
+        "api_key_file, else $EVALCLUSTER_API_KEY. Prefer those: a key on the command line is visible in `ps`.",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve on a non-loopback host without an API key (anyone who reaches it uses every model).",
+    )
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the OpenAI ingress.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="How engines are launched.")
     models: list[ModelConfig] = Field(default_factory=list, description="Checkpoints served from the start.")
+
+    _key_file_ok = field_validator("api_key_file")(check_secret_file)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_from_file_or_env(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return api_key_from(value, info.data.get("api_key_file"))
+
+    @model_validator(mode="after")
+    def _no_open_public_endpoint(self) -> ServeConfig:
+        if not is_loopback(self.host) and self.api_key is None and not self.allow_unauthenticated:
+            raise ValueError(
+                f"host = {self.host!r} is reachable from other machines and no API key is set, so anyone who can "
+                "reach it could use every model: set serve.api_key_file (or $EVALCLUSTER_API_KEY), or "
+                "serve.allow_unauthenticated: true to serve it open on purpose"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeConfig:

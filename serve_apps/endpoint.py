@@ -143,7 +143,8 @@ class Endpoint:
         )
 
     def engine_info(self, name: str) -> dict:
-        """Where one replica of checkpoint `name` runs its engine (url, pid, argv)."""
+        """Where one replica of checkpoint `name` runs its engine (url, pid, argv, key_file; never the key:
+        `serve_apps.engine_process.engine_headers(info)` reads it from the file, on the engine's node)."""
         handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, engine_app_name(name))
         return handle.engine_info.remote().result()
 

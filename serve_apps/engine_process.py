@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import logging
 import os
+import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from cluster.net import free_port
 from cluster.paths import evalcluster_home
+from cluster.secrets import redact_argv, write_secret_file
 from serve_apps.config import EngineArgValue, EngineConfig, ModelConfig
+from serve_apps.engine_site import evalcluster_engine_auth as engine_auth
 from serve_apps.errors import EngineStartupError
+
+__all__ = ["EngineProcess", "engine_command", "engine_env", "engine_headers", "free_port", "launch_engine"]
+
+log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 ENGINE_HOST = "127.0.0.1"
@@ -34,12 +44,11 @@ CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 # The engine runs in another Python environment: the project's paths and virtualenv must not leak into it.
 ENV_NOT_INHERITED = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
-
-
-def free_port(host: str = ENGINE_HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+# The engine's own PYTHONPATH: this directory alone, for the key middleware vLLM loads (engine_site/).
+ENGINE_SITE = Path(engine_auth.__file__).parent
+KEY_MIDDLEWARE = "evalcluster_engine_auth.RequireEngineKey"
+# Tries at a free port: another process may take the one chosen before the engine binds it.
+PORT_ATTEMPTS = 3
 
 
 def format_engine_args(args: Mapping[str, EngineArgValue]) -> list[str]:
@@ -89,7 +98,9 @@ def engine_command(model: ModelConfig, engine: EngineConfig, port: int) -> list[
         # groups inside ours (vLLM #29688, Ray #59064).
         extra["distributed-executor-backend"] = "mp"
     extra.update(model.engine_args)
-    return prefix + flags + format_engine_args(extra) + ["--host", ENGINE_HOST, "--port", str(port)]
+    # vLLM's own key check (VLLM_API_KEY) covers /v1 only; the middleware covers every other route but /health.
+    guard = ["--middleware", KEY_MIDDLEWARE]
+    return prefix + flags + format_engine_args(extra) + guard + ["--host", ENGINE_HOST, "--port", str(port)]
 
 
 def engine_env(engine: EngineConfig, base: Mapping[str, str], *, cpus: float) -> dict[str, str]:
@@ -104,40 +115,52 @@ def engine_env(engine: EngineConfig, base: Mapping[str, str], *, cpus: float) ->
         for key, value in CPU_DEFAULT_ENV.items():
             env.setdefault(key, value)
     env.update(engine.env)
+    # The key middleware's directory, and nothing else of the project, ahead of any PYTHONPATH the config sets.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_SITE), engine.env.get("PYTHONPATH")) if p)
     return env
-
-
-def _lower_niceness() -> None:
-    """Runs in the child before exec: drop Ray's worker niceness where allowed (the engine is the real work)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except OSError:
-        pass  # lowering niceness needs privileges; the engine then runs at Ray's worker priority
 
 
 @dataclass
 class EngineProcess:
-    """One running engine server. `start()` then `wait_ready()`; `stop()` terminates → waits → kills its group."""
+    """One running engine server. `start()` then `wait_ready()`; `stop()` terminates → waits → kills its group.
+
+    `api_key` is the engine's own key (in its environment as VLLM_API_KEY, never in argv): every request to the
+    engine carries it in `headers`. `key_file` holds the same key (mode 0600) for an operator on the node who
+    wants to talk to the engine directly; the guard deletes it when the engine ends.
+    """
 
     argv: list[str]
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)
     port: int
     log_path: Path
+    api_key: str = field(default="", repr=False)
+    key_file: Path | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    _log_offset: int = field(default=0, repr=False)
 
     @property
     def base_url(self) -> str:
         return f"http://{ENGINE_HOST}:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        guard = [sys.executable, "-m", "serve_apps.engine_guard"]
+        if self.key_file:
+            guard += ["--remove-on-exit", str(self.key_file)]
+        with open(self.log_path, "ab") as log_file:
+            self._log_offset = log_file.tell()
             # The guard leads a new process group holding the engine and everything it starts, and ends that group
-            # with the engine or with us (serve_apps/engine_guard.py).
+            # with the engine or with us (serve_apps/engine_guard.py). No preexec_fn: we are a multithreaded Ray
+            # worker, where Python documents it as deadlock-prone; start_new_session is done by the C fork code,
+            # and the rest (priority, parent-death signal) by the single-threaded guard.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serve_apps.engine_guard", "--", *self.argv],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_lower_niceness,
+                [*guard, "--", *self.argv],
+                env=self.env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def alive(self) -> bool:
@@ -156,32 +179,51 @@ class EngineProcess:
         except FileNotFoundError:
             return ""
 
+    def port_was_taken(self) -> bool:
+        """Whether this start failed because another process bound the port first (vLLM binds before it loads
+        the model, so that failure comes within seconds)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f"[Errno {errno.EADDRINUSE}]".encode() in f.read()  # how Python prints an OSError
+        except FileNotFoundError:
+            return False
+
+    def _describe(self) -> str:
+        return (f"command: {' '.join(redact_argv(self.argv))}\n"
+                f"last log lines ({self.log_path}):\n{self.log_tail()}")
+
     def wait_ready(self, timeout_s: float, served_model_name: str) -> None:
         """Poll /health and /v1/models until the engine serves `served_model_name`; fail fast if it exits."""
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.base_url, timeout=5.0) as client:
+        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=5.0, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if not self.alive():
                     code = self.proc.returncode if self.proc else None
                     raise EngineStartupError(
-                        f"engine for {served_model_name!r} exited (code {code}) before it was ready; "
-                        f"command: {' '.join(self.argv)}\nlast log lines ({self.log_path}):\n{self.log_tail()}"
+                        f"engine for {served_model_name!r} exited (code {code}) before it was ready; {self._describe()}"
                     )
                 try:
                     if client.get("/health").status_code == 200:
                         ids = [m.get("id") for m in client.get("/v1/models").json().get("data", [])]
                         if served_model_name in ids:
                             return
-                except (httpx.HTTPError, ValueError):
-                    pass
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    pass  # not up yet, or someone else's server on this port (it does not know our key)
                 time.sleep(0.5)
         self.stop()
         raise EngineStartupError(
-            f"engine for {served_model_name!r} not ready after {timeout_s:.0f} s; "
-            f"command: {' '.join(self.argv)}\nlast log lines ({self.log_path}):\n{self.log_tail()}"
+            f"engine for {served_model_name!r} not ready after {timeout_s:.0f} s; {self._describe()}"
         )
 
     def stop(self, grace_s: float = 15.0) -> None:
+        try:
+            self._stop(grace_s)
+        finally:
+            if self.key_file:  # the guard removes it; not when it was killed with SIGKILL
+                self.key_file.unlink(missing_ok=True)
+
+    def _stop(self, grace_s: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         # TERM to the guard alone: it passes one TERM to its group (a second one, sent to the group directly, hits
@@ -199,19 +241,41 @@ class EngineProcess:
                 continue
 
 
+def engine_headers(info: Mapping[str, str]) -> dict[str, str]:
+    """Headers for talking to one engine directly, given its `engine_info()`: its key, read from its key file
+    (mode 0600, so only the user the engine runs as, on its node, can)."""
+    return {"Authorization": f"Bearer {Path(info['key_file']).read_text().strip()}"}
+
+
+def engine_keys_dir() -> Path:
+    return evalcluster_home() / "run" / "engine-keys"
+
+
 def launch_engine(model: ModelConfig, engine: EngineConfig, *, cpus: float) -> EngineProcess:
-    """Start the engine for `model` on a free loopback port and wait until it serves; raises EngineStartupError."""
-    port = free_port()
-    process = EngineProcess(
-        argv=engine_command(model, engine, port),
-        env=engine_env(engine, os.environ, cpus=cpus),
-        port=port,
-        log_path=evalcluster_home() / "logs" / "engines" / f"{model.name.replace('/', '_')}-{port}.log",
-    )
-    process.start()
-    try:
-        process.wait_ready(engine.startup_timeout_s, model.name)
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    """Start the engine for `model` on a free loopback port, with a random key of its own, and wait until it
+    serves; raises EngineStartupError. A port someone else bound first is retried on another one."""
+    safe_name = model.name.replace("/", "_")
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port(ENGINE_HOST)
+        key = secrets.token_urlsafe(32)
+        env = engine_env(engine, os.environ, cpus=cpus)
+        env[engine_auth.KEY_ENV] = key  # after the config's env: an engine.env entry must not replace our key
+        process = EngineProcess(
+            argv=engine_command(model, engine, port), env=env, port=port,
+            log_path=evalcluster_home() / "logs" / "engines" / f"{safe_name}-{port}.log", api_key=key,
+            key_file=write_secret_file(engine_keys_dir() / f"{safe_name}-{port}-{uuid.uuid4().hex[:8]}.key", key),
+        )
+        try:
+            process.start()
+            process.wait_ready(engine.startup_timeout_s, model.name)
+            return process
+        except EngineStartupError:
+            process.stop()
+            if attempt < PORT_ATTEMPTS and process.port_was_taken():
+                log.warning("engine for %s: port %d was taken before it bound it; trying another", model.name, port)
+                continue
+            raise
+        except BaseException:
+            process.stop()
+            raise
+    raise AssertionError("unreachable: the last attempt returns or raises")

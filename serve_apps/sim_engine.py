@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
+from serve_apps.engine_site import evalcluster_engine_auth as engine_auth
+
 logger = logging.getLogger("evalcluster.sim_engine")
 
 OWNED_BY = "evalcluster-simulator"
@@ -66,6 +68,17 @@ class RequestError(Exception):
         self.status = status
         self.error_type = error_type
         self.param = param
+
+
+def _require_key(digest: bytes):
+    @web.middleware
+    async def require_key(request: web.Request, handler):
+        if request.path in engine_auth.OPEN_PATHS or engine_auth.authorized(request.headers.get("Authorization"),
+                                                                            digest):
+            return await handler(request)
+        return web.Response(status=401, body=engine_auth.UNAUTHORIZED_BODY, content_type="application/json")
+
+    return require_key
 
 
 def _error_response(exc: RequestError) -> web.Response:
@@ -139,7 +152,11 @@ class SimEngine:
         self._generating = 0
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        # The key rule of vLLM behind the supervisor (engine_site/evalcluster_engine_auth.py): with VLLM_API_KEY
+        # set, every route but /health needs it, so the supervisor's code path is the same for both engines.
+        key = os.environ.get(engine_auth.KEY_ENV)
+        middlewares = [_require_key(engine_auth.key_digest(key))] if key else []
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
         app.add_routes(
             [
                 web.get("/health", self.health),

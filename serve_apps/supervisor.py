@@ -11,6 +11,7 @@ import ray
 from ray import serve
 
 from cluster.planner import replica_needs
+from cluster.secrets import redact_argv
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.engine_process import launch_engine
 from serve_apps.errors import EngineUnavailableError
@@ -48,10 +49,14 @@ class EngineSupervisor:
         self._engine_cfg = engine
         self._engine = launch_engine(model, engine, cpus=engine.cpus_per_replica)
         # No pool limit: the engine does its own queueing, and the replica's max_ongoing_requests bounds us already.
+        # The engine's key on every request, health probes included (/health is open, but one client, one rule);
+        # no proxy from the environment: none may see the key.
         self._client = httpx.AsyncClient(
             base_url=self._engine.base_url,
+            headers=self._engine.headers,
             timeout=httpx.Timeout(engine.request_timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            trust_env=False,
         )
         log.info("engine for %s ready at %s (pid %s)", model.name, self._engine.base_url, self._engine.proc.pid)
 
@@ -90,10 +95,12 @@ class EngineSupervisor:
             raise RuntimeError(f"engine for {self._model.name!r} answered /health with {response.status_code}")
 
     def engine_info(self) -> dict[str, Any]:
-        """Where the engine listens (on its node's loopback), its pid and node, for operators and tests that talk
-        to it directly."""
+        """Where the engine listens (on its node's loopback), its pid, argv and node, and the 0600 file on its node
+        that holds its key, for operators and tests that talk to it directly. Never the key: any Serve handle could
+        read this."""
         context = ray.get_runtime_context()
-        return {"url": self._engine.base_url, "pid": self._engine.proc.pid, "argv": self._engine.argv,
+        return {"url": self._engine.base_url, "pid": self._engine.proc.pid,
+                "argv": redact_argv(self._engine.argv), "key_file": str(self._engine.key_file),
                 "node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
     def __del__(self) -> None:

@@ -13,15 +13,10 @@ import httpx
 import openai
 import pytest
 
+from cluster.net import free_port
 from serve_apps import models
 
 CLI = [sys.executable, "-m", "evalcluster_cli.main"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_models_path_prints_the_prepared_directory():
@@ -42,6 +37,22 @@ def test_serve_flags_that_make_no_sense_fail_before_anything_starts():
     bad = subprocess.run([*CLI, "serve", "--model", "/nonexistent", "--tensor-parallel-size", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "serve.models.0.tensor_parallel_size = 0" in bad.stderr
+
+
+def test_a_public_host_without_an_api_key_is_refused_before_anything_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "EVALCLUSTER_API_KEY"}
+    bad = subprocess.run([*CLI, "serve", "--model", "tiny-qwen2", "--host", "0.0.0.0"], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert bad.returncode == 2
+    assert "serve" in bad.stderr and "host = '0.0.0.0' is reachable from other machines and no API key is set" in bad.stderr
+    assert "serve.allow_unauthenticated: true" in bad.stderr  # and how to opt out on purpose
+
+
+def test_an_api_key_on_the_command_line_is_warned_about(tmp_path):
+    out = subprocess.run([*CLI, "serve", "--api-key", "sk-visible", "--tensor-parallel-size", "0", "--model", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert "--api-key is visible to every user of this machine in `ps`" in out.stderr
+    assert "sk-visible" not in out.stderr
 
 
 def test_a_missing_checkpoint_directory_fails_before_anything_is_deployed(tmp_path):

@@ -35,11 +35,11 @@ from cluster.nodes import (  # noqa: E402
     node_statuses,
     ray_start_command,
 )
+from cluster.net import free_port  # noqa: E402
 from cluster.hosts import SimHost, create_network, destroy_network, namespaces_available  # noqa: E402
 from cluster.planner import live_nodes, watch_for_infeasible  # noqa: E402
 from cluster.simulate import (  # noqa: E402
     SimulatedCluster,
-    free_port,
     parse_simulate_spec,
     simulate_up,
     simulated_cluster,
@@ -315,8 +315,12 @@ class NpuProbe:
 
 
 @ray.remote(num_cpus=0)
-def stats_on(url: str) -> dict:
-    return json.load(urllib.request.urlopen(url + "/sim/stats", timeout=10))
+def stats_on(info: dict) -> dict:
+    """An engine's /sim/stats, asked on its own host (with its key, from its node's key file)."""
+    from serve_apps.engine_process import engine_headers
+
+    request = urllib.request.Request(info["url"] + "/sim/stats", headers=engine_headers(info))
+    return json.load(urllib.request.urlopen(request, timeout=10))
 
 
 def test_node_capacities_read_back(sim: SimulatedCluster) -> None:
@@ -404,7 +408,7 @@ def test_engine_supervisors_hold_their_npus_across_nodes(sim: SimulatedCluster) 
         assert len(engines) == 4
         # Each engine listens on its own host's loopback: read it from there.
         seen = ray.get([stats_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(  # type: ignore
-            info["node_id"], soft=False)).remote(info["url"]) for info in engines.values()])
+            info["node_id"], soft=False)).remote(info) for info in engines.values()])
         devices = [s["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"] for s in seen]
         assert all(len(d.split(",")) == 2 for d in devices)
         assert all(s["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native" for s in seen)

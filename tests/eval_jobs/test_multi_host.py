@@ -24,7 +24,8 @@ import yaml
 
 from cluster.hosts import namespaces_available
 from cluster.paths import REPO_ROOT
-from cluster.simulate import SimulatedCluster, free_port, start_simulated
+from cluster.net import free_port
+from cluster.simulate import SimulatedCluster, start_simulated
 from eval_jobs.store import SampleStore
 from shared import fetch_from
 

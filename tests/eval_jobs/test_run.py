@@ -23,6 +23,7 @@ from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig, load_job_config
 from eval_jobs.run import exit_code, run_job
 from eval_jobs.store import RunDir, SampleStore
+from serve_apps.engine_process import engine_headers
 from shared import API_KEY
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
@@ -37,7 +38,8 @@ def job(endpoint_url: str, data_dir: Path, output: Path, **eval_fields) -> JobCo
 
 def engine_requests(endpoint, model: str = "tiny-a") -> float:
     """Requests the engine itself finished, from vLLM's own Prometheus counter."""
-    text = httpx.get(endpoint.engine_info(model)["url"] + "/metrics").text
+    info = endpoint.engine_info(model)
+    text = httpx.get(info["url"] + "/metrics", headers=engine_headers(info)).text
     return sum(float(m) for m in re.findall(r'^vllm:request_success_total\{[^}]*model_name="%s"[^}]*\} (\S+)'
                                             % re.escape(model), text, flags=re.M))
 

@@ -15,6 +15,7 @@ from ray import serve
 
 from shared import API_KEY, MAX_MODEL_LEN, MAX_REQUEST_BYTES, tiny_models
 from serve_apps.config import EngineConfig, ModelConfig
+from serve_apps.engine_process import engine_headers
 from serve_apps.ingress import engine_app_name
 
 pytestmark = pytest.mark.engine
@@ -46,8 +47,9 @@ def test_models_lists_both_checkpoints_with_engine_cards(client):
 def test_greedy_chat_equals_the_engine_called_directly(client, endpoint):
     through_endpoint = client.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
     assert through_endpoint.status_code == 200, through_endpoint.text
-    direct_url = endpoint.engine_info("tiny-a")["url"]
-    direct = httpx.post(f"{direct_url}/v1/chat/completions", json={**CHAT, "model": "tiny-a"}, timeout=120)
+    info = endpoint.engine_info("tiny-a")
+    direct = httpx.post(f"{info['url']}/v1/chat/completions", json={**CHAT, "model": "tiny-a"},
+                        headers=engine_headers(info), timeout=120)
     ours, theirs = through_endpoint.json(), direct.json()
     assert ours["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]
     assert ours["usage"]["completion_tokens"] == theirs["usage"]["completion_tokens"] > 0
@@ -167,7 +169,9 @@ def test_ascend_replica_holds_npus_and_its_engine_sees_them(endpoint, client):
     engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0)
     endpoint.add_models([ModelConfig(model="/ckpt/npu-sim", tensor_parallel_size=2)], engine=engine)
     try:
-        stats = httpx.get(endpoint.engine_info("npu-sim")["url"] + "/sim/stats").json()
+        info = endpoint.engine_info("npu-sim")
+        assert httpx.get(info["url"] + "/sim/stats").status_code == 401  # the simulator keeps the engine key rule
+        stats = httpx.get(info["url"] + "/sim/stats", headers=engine_headers(info)).json()
         devices = stats["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"]
         assert len(devices.split(",")) == 2
         assert stats["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native"
@@ -201,7 +205,8 @@ def engine_group(guard_pid: int) -> list[int]:
 
 def test_killed_engine_is_replaced_and_the_endpoint_answers_again(endpoint, client):
     """Last on purpose: it takes tiny-b down for the time Serve needs to notice and start a new engine."""
-    guard_pid = endpoint.engine_info("tiny-b")["pid"]
+    dead = endpoint.engine_info("tiny-b")
+    guard_pid = dead["pid"]
     api_server = int(subprocess.check_output(["pgrep", "-P", str(guard_pid)]).split()[0])
     os.kill(api_server, signal.SIGKILL)  # the engine crashes; its engine core and workers are left behind
     deadline = time.monotonic() + 300
@@ -217,3 +222,4 @@ def test_killed_engine_is_replaced_and_the_endpoint_answers_again(endpoint, clie
         pytest.fail(f"tiny-b did not answer within 300 s of its engine being killed: {serve.status()}")
     assert serve.status().applications[engine_app_name("tiny-b")].status == "RUNNING"
     assert engine_group(guard_pid) == []  # nothing of the dead engine survives to hold memory or ports
+    assert not os.path.exists(dead["key_file"])  # nor its key

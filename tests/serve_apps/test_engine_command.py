@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serve_apps.config import EngineConfig, ModelConfig
-from serve_apps.engine_process import engine_command, engine_env
+from serve_apps.engine_process import ENGINE_SITE, engine_command, engine_env
 from serve_apps.supervisor import replica_resources
 
 PY = "/opt/engine/bin/python"
@@ -20,6 +20,8 @@ def seed_model(**overrides) -> ModelConfig:
     return ModelConfig(**{**fields, **overrides})
 
 
+# vLLM checks its key (VLLM_API_KEY, from the environment) on /v1 only; this middleware checks it everywhere else.
+KEY_GUARD = ["--middleware", "evalcluster_engine_auth.RequireEngineKey"]
 SEED_FLAGS = ["--model", CKPT, "--served-model-name", "step_400", "--tensor-parallel-size", "8",
               "--max-model-len", "32768", "--gpu-memory-utilization", "0.92", "--trust-remote-code",
               "--dtype", "auto"]
@@ -28,13 +30,13 @@ SEED_FLAGS = ["--model", CKPT, "--served-model-name", "step_400", "--tensor-para
 def test_ascend_command_is_the_seed_vllm_mindspore_server():
     argv = engine_command(seed_model(), EngineConfig(platform="ascend", python=PY), port=41000)
     assert argv == [PY, "-m", "vllm_mindspore.entrypoints", "vllm.entrypoints.openai.api_server", *SEED_FLAGS,
-                    "--distributed-executor-backend", "mp", "--host", "127.0.0.1", "--port", "41000"]
+                    "--distributed-executor-backend", "mp", *KEY_GUARD, "--host", "127.0.0.1", "--port", "41000"]
 
 
 def test_cuda_command_is_vllm_own_server():
     argv = engine_command(seed_model(), EngineConfig(platform="cuda", python=PY), port=41001)
     assert argv == [PY, "-m", "vllm.entrypoints.openai.api_server", *SEED_FLAGS,
-                    "--distributed-executor-backend", "mp", "--host", "127.0.0.1", "--port", "41001"]
+                    "--distributed-executor-backend", "mp", *KEY_GUARD, "--host", "127.0.0.1", "--port", "41001"]
 
 
 def test_sim_command_is_the_simulator_with_its_timing_and_slots():
@@ -53,7 +55,7 @@ def test_cpu_command_single_device_adds_eager_mode_and_engine_args_in_order():
     assert argv == [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", "/m/tiny",
                     "--served-model-name", "tiny", "--tensor-parallel-size", "1",
                     "--gpu-memory-utilization", "0.9", "--dtype", "float32",
-                    "--enforce-eager", "--max-num-seqs", "8", "--seed", "0",
+                    "--enforce-eager", "--max-num-seqs", "8", "--seed", "0", *KEY_GUARD,
                     "--host", "127.0.0.1", "--port", "41002"]
 
 
@@ -86,7 +88,9 @@ def test_ascend_env_sets_model_backend_and_keeps_visible_devices_but_not_project
     assert env["ASCEND_RT_VISIBLE_DEVICES"] == "4,5,6,7"
     assert env["VLLM_MS_MODEL_BACKEND"] == "Native"
     assert env["OMP_NUM_THREADS"] == "4"
-    assert "PYTHONPATH" not in env and "VIRTUAL_ENV" not in env
+    assert "VIRTUAL_ENV" not in env
+    assert env["PYTHONPATH"] == str(ENGINE_SITE)  # the key middleware's directory alone, not the project's paths
+    assert sorted(p.name for p in ENGINE_SITE.glob("*.py")) == ["__init__.py", "evalcluster_engine_auth.py"]
     assert "VLLM_CPU_KVCACHE_SPACE" not in env
 
 

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from serve_apps.engine_process import free_port
+from cluster.net import free_port
 
 
 def engine_child(guard: subprocess.Popen, port: int) -> int:
@@ -54,3 +54,17 @@ def test_engine_dies_with_a_sigkilled_guard():
     finally:
         if not gone(engine, within_s=0):
             os.kill(engine, signal.SIGKILL)
+
+
+def test_guard_removes_the_key_file_when_the_engine_ends(tmp_path):
+    key_file = tmp_path / "engine.key"
+    key_file.write_text("k")
+    port = free_port()
+    guard = subprocess.Popen([sys.executable, "-m", "serve_apps.engine_guard", "--remove-on-exit", str(key_file),
+                              "--", sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", "g",
+                              "--port", str(port)])
+    engine = engine_child(guard, port)
+    assert key_file.exists()  # kept while the engine runs: an operator reads it to talk to the engine directly
+    os.kill(engine, signal.SIGKILL)
+    guard.wait(timeout=30)  # the guard ends with its engine
+    assert not key_file.exists()

@@ -1,5 +1,6 @@
 """Faults on the serving side while an evaluation's clients are sending: the replica or the engine child dies,
-Serve replaces it, the clients' retries carry the samples over; 0 lost, 0 duplicated.
+Serve replaces it, the clients' retries carry the samples over; 0 lost, 0 duplicated, through the shared endpoint
+and through the data plane alike.
 
 The checkpoint is served by the simulated-latency engine (it restarts in seconds, so the retries' backoff covers
 the replacement); this test checks orchestration and makes no score.
@@ -15,6 +16,7 @@ import pytest
 import ray
 
 from eval_jobs.records import SampleKey, SampleRequest
+from eval_jobs.run import data_plane
 from eval_jobs.work import ClientSettings
 from serve_apps.config import EngineConfig, ModelConfig
 from shared import API_KEY, distribute_with_fault
@@ -33,14 +35,18 @@ def kill_engine_child(endpoint, name: str) -> None:
     os.kill(int(subprocess.check_output(["pgrep", "-P", str(guard)]).split()[0]), signal.SIGKILL)
 
 
+@pytest.mark.parametrize("route", ["endpoint", "data-plane"])
 @pytest.mark.parametrize("fault", [kill_replica, kill_engine_child], ids=["replica", "engine-child"])
-def test_evaluation_survives_a_dying_replica_or_engine(endpoint, fault):
-    name = f"sim-fault-{fault.__name__}"
+def test_evaluation_survives_a_dying_replica_or_engine(endpoint, fault, route):
+    """Through the shared endpoint (HTTP: the proxy answers 500) and through Serve handles (ActorDiedError, or the
+    supervisor's EngineUnavailableError): retried through either way."""
+    name = f"sim-fault-{fault.__name__}-{route}".replace("_", "-")
     engine = EngineConfig(kind="sim", sim_ttft_s=0.05, sim_tpot_s=0.02, sim_output_tokens=8, cpus_per_replica=0,
                           health_check_period_s=1, health_timeout_s=2)
     endpoint.add_models([ModelConfig(model=f"/ckpt/{name}")], engine=engine)
     try:
-        requests = [SampleRequest(key=SampleKey(name, "d", i, 0), endpoint=endpoint.url,
+        where = endpoint.url if route == "endpoint" else data_plane(name)
+        requests = [SampleRequest(key=SampleKey(name, "d", i, 0), endpoint=where,
                                   body={"model": name, "messages": [{"role": "user", "content": f"q{i}"}]})
                     for i in range(120)]
         settings = ClientSettings(concurrency=4, lease_size=2, timeout_s=30, max_retries=6, backoff_s=0.5,

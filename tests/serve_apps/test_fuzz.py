@@ -1,15 +1,18 @@
 """Generated bad input against the real endpoint: every answer is a 4xx with an OpenAI-style error body, or a
-success; nothing makes the ingress fail (5xx) and the endpoint stays up."""
+success; nothing makes the ingress fail (5xx) and the endpoint stays up. And straight at an engine behind it,
+without its key: every request but /health is refused (401), whatever the path, method, body or header."""
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from serve_apps.engine_process import engine_headers
 from shared import API_KEY
 
 pytestmark = pytest.mark.engine
@@ -72,3 +75,62 @@ def test_fuzz_ingress_quick(endpoint):
 @pytest.mark.faults
 def test_fuzz_ingress_1000_requests(endpoint):
     fuzz(endpoint, 1000)
+
+
+# Paths: the engine's real routes (a generating one vLLM's own key check misses among them), near misses of the
+# one open path, and generated ones, percent-encoding included (the server decodes it before routing).
+KNOWN_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/invocations", "/tokenize", "/detokenize",
+               "/metrics", "/generative_scoring", "/scale_elastic_ep", "/inference/v1/generate", "/v1/responses",
+               "/health/", "//health", "/Health", "/%68ealth", "/health/../v1/models", "/v1/../invocations"]
+path_chars = st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="?#")
+engine_paths = st.sampled_from(KNOWN_PATHS) | st.text(path_chars, max_size=40).map(lambda t: "/" + t)
+methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+# Stripped: h11 refuses to send a header value with spaces at either end.
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80).map(str.strip)
+KEY_MUTATIONS = ["drop_last", "append", "upper", "flip_first", "no_scheme", "basic", "lowercase_scheme_extra_char"]
+
+
+def wrong_header(kind: str, key: str) -> str | None:
+    """A header that is not `Bearer <key>`, built from the real key so that it is close to right."""
+    return {"drop_last": f"Bearer {key[:-1]}", "append": f"Bearer {key}=", "upper": f"Bearer {key.swapcase()}",
+            "flip_first": f"Bearer {'A' if key[0] != 'A' else 'B'}{key[1:]}", "no_scheme": key,
+            "basic": f"Basic {key}", "lowercase_scheme_extra_char": f"bearer {key}0"}[kind]
+
+
+def fuzz_engine(endpoint, examples: int) -> None:
+    info = endpoint.engine_info("tiny-a")
+    key = engine_headers(info)["Authorization"].removeprefix("Bearer ")
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=examples, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(path=engine_paths, method=methods, payload=raw_payloads,
+           header=st.none() | header_text | st.sampled_from(KEY_MUTATIONS))
+    def one(path: str, method: str, payload: bytes, header: str | None) -> None:
+        if header in KEY_MUTATIONS:
+            header = wrong_header(header, key)
+        headers = {"content-type": "application/json"} | ({"Authorization": header} if header is not None else {})
+        response = httpx.request(method, info["url"] + path, content=payload, headers=headers, timeout=60,
+                                 trust_env=False)
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        sent_path = response.request.url.raw_path.decode().partition("?")[0]
+        if urllib.parse.unquote(sent_path) == "/health":  # what the server routes on, once it has decoded it
+            return  # the one open route (Serve's health probe)
+        assert response.status_code == 401, (method, path, header, response.text[:200])
+
+    one()
+    assert seen.get(401, 0) >= examples * 0.9
+    assert httpx.get(info["url"] + "/health").status_code == 200
+    answer = httpx.post(endpoint.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                        json={"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                        timeout=120)
+    assert answer.status_code == 200, answer.text  # the endpoint, which holds the key, still answers
+
+
+def test_fuzz_engine_without_its_key_quick(endpoint):
+    fuzz_engine(endpoint, 200)
+
+
+@pytest.mark.faults
+def test_fuzz_engine_without_its_key_1000_requests(endpoint):
+    fuzz_engine(endpoint, 1000)

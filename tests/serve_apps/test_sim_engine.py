@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+
+from cluster.net import free_port
 
 TTFT_S = 0.2
 TPOT_S = 0.05
@@ -27,17 +28,12 @@ class SimServer:
     proc: subprocess.Popen[bytes]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def running_sim(*extra_args: str) -> Iterator[SimServer]:
-    """`python -m serve_apps.sim_engine` on a free port, healthy, stopped on exit."""
-    port = _free_port()
-    env = dict(os.environ, ASCEND_RT_VISIBLE_DEVICES="2,3")
+def running_sim(*extra_args: str, key: str | None = None) -> Iterator[SimServer]:
+    """`python -m serve_apps.sim_engine` on a free port, healthy, stopped on exit; with `key`, as the supervisor
+    starts it (VLLM_API_KEY in its environment)."""
+    port = free_port()
+    env = dict(os.environ, ASCEND_RT_VISIBLE_DEVICES="2,3", **({"VLLM_API_KEY": key} if key else {}))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     argv = [sys.executable, "-m", "serve_apps.sim_engine", "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", "sim-model", "--ttft-s", str(TTFT_S), "--tpot-s", str(TPOT_S),
@@ -274,3 +270,19 @@ def test_batch_slots_make_requests_wait_their_turn() -> None:
     assert stats["completed"] == 4 and stats["in_flight"] == 0
     assert all(t >= 2 * one_generation_s for t in latencies[2:]), latencies
     assert card["metadata"]["max_num_seqs"] == 2
+
+
+def test_with_an_engine_key_every_route_but_health_needs_it() -> None:
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
+    with running_sim(key="engine-key-1") as server:
+        routes = [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", body), ("GET", "/sim/stats", None)]
+        for method, path, payload in routes:
+            for header in (None, "Bearer wrong", "Basic engine-key-1", "Bearer engine-key-12"):
+                headers = {"Authorization": header} if header else {}
+                answer = httpx.request(method, server.url + path, json=payload, headers=headers, timeout=10)
+                assert answer.status_code == 401, (path, header)
+                assert answer.json()["error"]["type"] == "authentication_error"
+            good = httpx.request(method, server.url + path, json=payload, timeout=10,
+                                 headers={"Authorization": "Bearer engine-key-1"})
+            assert good.status_code == 200, (path, good.text)
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200  # Serve's probe needs no key
