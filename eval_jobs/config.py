@@ -89,6 +89,16 @@ class EvalConfig(StrictModel):
     max_retries: int = Field(3, ge=0, description="Retries of a sample on connection errors, 429 and 5xx.")
     backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter.")
     output: str = Field("runs/latest", description="Run directory; running again on it resumes.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Where each checkpoint's scores and perf figures go "
+        "as scalars at its training step (from its name, e.g. step_400): TensorBoard event files always "
+        "available; wandb (offline unless WANDB_MODE says otherwise) and mlflow (a file store unless "
+        "MLFLOW_TRACKING_URI is set) when installed. [] for none.",
+    )
+    logdir: str | None = Field(
+        None, description="Where the trackers write, e.g. the training run's own TensorBoard directory so eval "
+        "curves sit beside its loss; default <output>/tensorboard.",
+    )
 
     _key_file_ok = field_validator("api_key_file")(check_secret_file)
 

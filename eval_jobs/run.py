@@ -28,6 +28,7 @@ from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.report import print_summary, samples_frame, write_config, write_report
 from eval_jobs.scoring import judge, summarize
 from eval_jobs.store import RunDir, SampleStore
+from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.work import ClientSettings, distribute
 
 log = logging.getLogger("evalcluster.eval")
@@ -146,6 +147,7 @@ def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool]]:
 def run_job(job: JobConfig) -> pd.DataFrame:
     """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
     cfg = job.eval
+    check_installed(cfg.trackers)  # before anything starts
     datasets = {ds.name: ds for name in cfg.datasets for ds in load_datasets(name, cfg.data_dir)}
     run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)
@@ -177,11 +179,20 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     else:
         frame = score(records, datasets)
         table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job)
+    trackers = open_trackers(cfg.trackers, tracker_logdir(cfg.logdir, run_dir), run_dir.root)
+    try:
+        trackers.log(table, steps={})
+    finally:
+        trackers.close()
     print_summary(table, simulated=simulated)
     print(f"report: {run_dir.root.resolve()}")
     if lost is not None:
         raise lost
     return table
+
+
+def tracker_logdir(logdir: str | None, run_dir: RunDir) -> Path:
+    return Path(logdir).expanduser() if logdir else run_dir.root / "tensorboard"
 
 
 def serving_watch(endpoints: dict[str, str]):

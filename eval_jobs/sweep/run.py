@@ -10,6 +10,7 @@ same output directory resumes: finished checkpoints are not deployed again, fini
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from cluster.connection import ray_session
 from cluster.errors import run_command
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.report import print_summary, samples_frame, write_config, write_report
-from eval_jobs.run import output_dir, score
+from eval_jobs.run import output_dir, score, tracker_logdir
+from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.scoring import summarize
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.sweep.checkpoints import Watcher, discover
@@ -47,6 +49,7 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     """Run (or resume) a sweep; returns once every checkpoint is evaluated (with `sweep.watch`: once idle)."""
     if job.serve.api_key and not job.eval.api_key:
         job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
+    check_installed(job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers)
     datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir)}
     checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
     mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
@@ -58,16 +61,24 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     events = EventLog(sweep_dir.root / "events.jsonl")
     simulated = job.serve.engine.kind == "sim"
 
-    def report() -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        return write_reports(sweep_dir, job, store, datasets, sweep.checkpoints, simulated)
+    trackers = open_trackers(job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers,
+                             tracker_logdir(job.sweep.logdir or job.eval.logdir, sweep_dir), sweep_dir.root)
 
-    with ray_session(job.cluster):
-        from serve_apps.endpoint import Endpoint
+    def report(final: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        summary, table = write_reports(sweep_dir, job, store, datasets, sweep.checkpoints, simulated)
+        # Each checkpoint at its training step, once its samples are all in (not a partial point mid-way).
+        done = summary if final or summary.empty else summary[summary["model"].isin(sweep.retired)]
+        trackers.log(done, steps=sweep.checkpoints)
+        return summary, table
 
-        endpoint = Endpoint(job.serve).start()
-        sweep = Sweep(job, endpoint, list(datasets.values()), store, events, on_retired=report)
-        sweep.run(checkpoints, watcher)
-    summary, table = report()
+    with contextlib.closing(trackers):
+        with ray_session(job.cluster):
+            from serve_apps.endpoint import Endpoint
+
+            endpoint = Endpoint(job.serve).start()
+            sweep = Sweep(job, endpoint, list(datasets.values()), store, events, on_retired=report)
+            sweep.run(checkpoints, watcher)
+        summary, table = report(final=True)
     if not summary.empty:
         print_summary(summary, simulated=simulated)
     if table is not None:

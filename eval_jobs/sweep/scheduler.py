@@ -108,6 +108,7 @@ class Sweep:
         self.on_retired = on_retired or (lambda: None)
         self.failed: dict[str, str] = {}
         self.checkpoints: dict[str, int | None] = {}  # every checkpoint planned: name → step
+        self.retired: set[str] = set()  # checkpoints whose evaluation ended (every sample has a result)
         self._store_lock = threading.Lock()
         self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
 
@@ -203,6 +204,7 @@ class Sweep:
                     last_activity = time.monotonic()
                     try:
                         future.result()
+                        self.retired.add(p.checkpoint.name)
                     except HostLostError as exc:
                         self._replan_after_loss(p, exc, ledger, pending)
                     except Exception as exc:
