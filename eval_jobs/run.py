@@ -25,10 +25,12 @@ from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.report import print_summary, samples_frame, write_config, write_report
+from eval_jobs.provenance import provenance
+from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
 from eval_jobs.scoring import judge, summarize
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.trackers import check_installed, open_trackers
+from eval_jobs.viewer import write_viewer
 from eval_jobs.work import ClientSettings, distribute
 
 log = logging.getLogger("evalcluster.eval")
@@ -175,10 +177,15 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     keys = {r.key for r in requests}
     records = [r for r in store.load() if r.key in keys]
     if simulated:
-        table = write_report(run_dir, samples_frame(records), None, simulated=True, config=job)
+        frame = samples_frame(records)
+        table = write_report(run_dir, frame, None, simulated=True, config=job)
     else:
         frame = score(records, datasets)
         table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job)
+    write_viewer(run_dir, with_references(frame, datasets),
+                 provenance(requests, checkpoints_of(job, endpoints), {n: d.config_name for n, d in datasets.items()},
+                            library_versions()),
+                 title="evalcluster samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
     trackers = open_trackers(cfg.trackers, tracker_logdir(cfg.logdir, run_dir), run_dir.root)
     try:
         trackers.log(table, steps={})
@@ -189,6 +196,20 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     if lost is not None:
         raise lost
     return table
+
+
+def with_references(frame: pd.DataFrame, datasets: dict[str, EvalDataset]) -> pd.DataFrame:
+    """The per-sample frame with each row's reference answer (as the dataset file has it), for the viewer."""
+    refs = [datasets[d].references[i] if d in datasets and i < len(datasets[d].references) else None
+            for d, i in zip(frame["dataset"], frame["index"])] if len(frame) else []
+    return frame.assign(reference=refs)
+
+
+def checkpoints_of(job: JobConfig, endpoints: dict[str, str]) -> dict[str, dict]:
+    """Served name → where its weights are (the job's own checkpoints), or the endpoint that served it."""
+    if job.serve is not None and job.serve.models:
+        return {m.name: {"path": m.model} for m in job.serve.models if m.name in endpoints}
+    return {name: {"path": f"served at {job.eval.endpoint}"} for name in endpoints}
 
 
 def tracker_logdir(logdir: str | None, run_dir: RunDir) -> Path:

@@ -21,9 +21,11 @@ import pandas as pd
 from cluster.connection import ray_session
 from cluster.errors import run_command
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.report import print_summary, samples_frame, write_config, write_report
-from eval_jobs.run import output_dir, score, tracker_logdir
+from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
+from eval_jobs.provenance import provenance
+from eval_jobs.run import build_requests, output_dir, score, tracker_logdir, with_references
 from eval_jobs.trackers import check_installed, open_trackers
+from eval_jobs.viewer import write_viewer
 from eval_jobs.scoring import summarize
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.sweep.checkpoints import Watcher, discover
@@ -65,7 +67,7 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
                              tracker_logdir(job.sweep.logdir or job.eval.logdir, sweep_dir), sweep_dir.root)
 
     def report(final: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        summary, table = write_reports(sweep_dir, job, store, datasets, sweep.checkpoints, simulated)
+        summary, table = write_reports(sweep_dir, job, store, datasets, sweep, simulated)
         # Each checkpoint at its training step, once its samples are all in (not a partial point mid-way).
         done = summary if final or summary.empty else summary[summary["model"].isin(sweep.retired)]
         trackers.log(done, steps=sweep.checkpoints)
@@ -90,16 +92,22 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
 
 
 def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, datasets: dict[str, EvalDataset],
-                  checkpoints: dict[str, int | None], simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*); returns
-    (summary table, checkpoint table or None)."""
+                  sweep: Sweep, simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The per-checkpoint summary (summary.*), the sample viewer (samples.html) and, unless simulated, the sweep's
+    own pages (sweep.*); returns (summary table, checkpoint table or None)."""
+    checkpoints = sweep.checkpoints
     records = [r for r in store.load() if r.model in checkpoints]
     if not records:
         return pd.DataFrame(), None
+    frame = samples_frame(records) if simulated else score(records, datasets)
+    origin = provenance(build_requests(job.eval, {n: "" for n in checkpoints}, list(datasets.values())),
+                        {n: {"path": sweep.sources.get(n), "step": step} for n, step in checkpoints.items()},
+                        {n: d.config_name for n, d in datasets.items()}, library_versions())
+    write_viewer(sweep_dir, with_references(frame, datasets), origin,
+                 title="evalcluster sweep samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
     if simulated:
-        return write_report(sweep_dir, samples_frame(records), None, simulated=True, config=job,
+        return write_report(sweep_dir, frame, None, simulated=True, config=job,
                             title="evalcluster sweep (simulated engines)"), None
-    frame = score(records, datasets)
     summary = summarize(frame, job.eval.k)
     table = write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
     order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))

@@ -108,6 +108,7 @@ class Sweep:
         self.on_retired = on_retired or (lambda: None)
         self.failed: dict[str, str] = {}
         self.checkpoints: dict[str, int | None] = {}  # every checkpoint planned: name → step
+        self.sources: dict[str, str] = {}  # name → where its weights came from
         self.retired: set[str] = set()  # checkpoints whose evaluation ended (every sample has a result)
         self._store_lock = threading.Lock()
         self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
@@ -123,6 +124,7 @@ class Sweep:
         replicas = self.job.sweep.serving.num_replicas
         check_feasible(checkpoint.name, needs, replicas, nodes)
         self.checkpoints[checkpoint.name] = checkpoint.step
+        self.sources[checkpoint.name] = str(checkpoint.source)
         return Planned(checkpoint, engine, needs, replicas,
                        model_dir=None if checkpoint.needs_conversion else checkpoint.source)
 
