@@ -3,6 +3,8 @@ actually sent, versions, and when."""
 
 from __future__ import annotations
 
+import html
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,3 +37,22 @@ def provenance(
 def _settings(body: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, v if not isinstance(v, (dict, list)) else repr(v)) for k, v in body.items()
                         if k not in NOT_SETTINGS))
+
+
+def provenance_html(origin: Mapping[str, Any] | None) -> str:
+    """The "what produced this" block every report page opens with."""
+    if not origin:
+        return ""
+    items = "".join(f"<dt>{html.escape(str(key))}</dt><dd>{html.escape(_shown(value))}</dd>"
+                    for key, value in origin.items())
+    return f'<dl class="provenance">{items}</dl>'
+
+
+def provenance_md(origin: Mapping[str, Any] | None) -> list[str]:
+    if not origin:
+        return []
+    return [f"- **{key}**: `{_shown(value)}`" for key, value in origin.items()] + [""]
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)

@@ -35,6 +35,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cluster.secrets import redact
+from eval_jobs.provenance import provenance_html, provenance_md
 from eval_jobs.records import SampleResult
 from eval_jobs.store import RunDir
 
@@ -145,6 +146,7 @@ def write_report(
     config: Mapping[str, Any] | BaseModel | None = None,
     engine_info: Mapping[str, Any] | None = None,
     title: str = "evalcluster report",
+    origin: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Write samples.parquet, summary.csv/.md/.html, plots/*.png, versions.json (and config.yaml if given).
 
@@ -173,12 +175,12 @@ def write_report(
             path.unlink(missing_ok=True)  # a stale plot from an earlier report of this run must not linger
 
     sections = human_sections(table)
-    md = [f"# {title}", ""] + ([f"> **{SIMULATED_BANNER}**", ""] if simulated else [])
+    md = [f"# {title}", ""] + ([f"> **{SIMULATED_BANNER}**", ""] if simulated else []) + provenance_md(origin)
     for heading, frame in sections.items():
         md += [f"## {heading}", "", markdown_table(frame), ""]
     md += [f"![{name}](plots/{name}.png)" for name in plots]
     write_atomic(run_dir.summary_md, ("\n".join(md) + "\n").encode())
-    write_atomic(run_dir.summary_html, html_page(title, sections, plots, simulated).encode())
+    write_atomic(run_dir.summary_html, html_page(title, sections, plots, simulated, origin=origin).encode())
 
     if config is not None:
         write_config(run_dir, config)
@@ -371,6 +373,9 @@ def _latency_png(samples: pd.DataFrame) -> bytes:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+.provenance { display: grid; grid-template-columns: max-content 1fr; gap: .1em 1em; font-size: 12px;
+              background: #f6f6f6; padding: .6em .8em; border-radius: 4px; }
+.provenance dt { font-weight: 600; } .provenance dd { margin: 0; word-break: break-all; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; }
@@ -382,7 +387,7 @@ img { max-width: 100%; }
 
 def html_page(
     title: str, sections: Mapping[str, pd.DataFrame], plots: Mapping[str, bytes], simulated: bool,
-    intro: str = "",
+    intro: str = "", origin: Mapping[str, Any] | None = None,
 ) -> str:
     """One self-contained page: inline CSS, the tables, plots as base64 PNGs."""
     parts = [
@@ -393,6 +398,7 @@ def html_page(
         parts.append(f"<div class='simulated'>{html.escape(SIMULATED_BANNER)}</div>")
     parts.append(f"<h1>{html.escape(title)}</h1>")
     parts.append(f"<p>Written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
+    parts.append(provenance_html(origin))
     if intro:
         parts.append(f"<p>{html.escape(intro)}</p>")
     for heading, frame in sections.items():

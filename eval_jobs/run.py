@@ -176,15 +176,15 @@ def run_job(job: JobConfig) -> pd.DataFrame:
 
     keys = {r.key for r in requests}
     records = [r for r in store.load() if r.key in keys]
+    origin = provenance(requests, checkpoints_of(job, endpoints), {n: d.config_name for n, d in datasets.items()},
+                        library_versions())
     if simulated:
         frame = samples_frame(records)
-        table = write_report(run_dir, frame, None, simulated=True, config=job)
+        table = write_report(run_dir, frame, None, simulated=True, config=job, origin=origin)
     else:
         frame = score(records, datasets)
-        table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job)
-    write_viewer(run_dir, with_references(frame, datasets),
-                 provenance(requests, checkpoints_of(job, endpoints), {n: d.config_name for n, d in datasets.items()},
-                            library_versions()),
+        table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job, origin=origin)
+    write_viewer(run_dir, with_references(frame, datasets), origin,
                  title="evalcluster samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
     trackers = open_trackers(cfg.trackers, tracker_logdir(cfg.logdir, run_dir), run_dir.root)
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from eval_jobs.provenance import provenance_html
 from eval_jobs.store import RunDir
 
 PAGE_ROWS = 50
@@ -85,12 +86,3 @@ def write_viewer(run_dir: RunDir, samples: pd.DataFrame, provenance: Mapping[str
     path = run_dir.root / "samples.html"
     write_atomic(path, page.encode())
     return path
-
-
-def provenance_html(provenance: Mapping[str, Any]) -> str:
-    """The "what produced this" block every report page opens with."""
-    items = []
-    for key, value in provenance.items():
-        shown = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-        items.append(f"<dt>{html.escape(str(key))}</dt><dd>{html.escape(shown)}</dd>")
-    return f'<dl class="provenance">{"".join(items)}</dl>'

@@ -106,12 +106,13 @@ def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, da
     write_viewer(sweep_dir, with_references(frame, datasets), origin,
                  title="evalcluster sweep samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
     if simulated:
-        return write_report(sweep_dir, frame, None, simulated=True, config=job,
+        return write_report(sweep_dir, frame, None, simulated=True, config=job, origin=origin,
                             title="evalcluster sweep (simulated engines)"), None
     summary = summarize(frame, job.eval.k)
-    table = write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
+    table = write_report(sweep_dir, frame, summary, config=job, origin=origin,
+                         title="evalcluster sweep: per checkpoint")
     order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
-    return table, write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note)
+    return table, write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note, origin=origin)
 
 
 def main(argv: list[str] | None = None) -> int:
