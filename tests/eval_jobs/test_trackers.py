@@ -74,3 +74,24 @@ def test_a_tracker_that_is_not_installed_is_refused_up_front() -> None:
         pass
     with pytest.raises(ConfigError, match="'wandb' needs the Python package 'wandb'"):
         check_installed(["tensorboard", "wandb"])
+
+
+def test_sweep_curves_in_tensorboard_match_sweep_csv(tmp_path):
+    from eval_jobs.store import RunDir
+    from eval_jobs.sweep.report import checkpoint_order, write_sweep_report
+
+    frame = pd.concat([samples("step_200", 3), samples("step_50", 1), samples("step_100", 2)], ignore_index=True)
+    summary = summarize(frame)
+    steps = {"step_50": 50, "step_100": 100, "step_200": 200}
+    sweep_dir = RunDir(tmp_path / "sweep").create()
+    write_sweep_report(sweep_dir, frame, summary, checkpoint_order(sorted(steps.items(), key=lambda kv: kv[1])))
+    trackers = open_trackers(["tensorboard"], tmp_path / "sweep" / "tensorboard", sweep_dir.root)
+    trackers.log(summary_table(summary, perf_frame(frame)), steps=steps)
+    trackers.close()
+
+    curve = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    events = read(tmp_path / "sweep" / "tensorboard")
+    for column, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+        logged = {e.step: e.value for e in events.Scalars(f"demo/accuracy{suffix}")}
+        expected = dict(zip(curve["step"], curve[column]))
+        assert logged == pytest.approx(expected), column
