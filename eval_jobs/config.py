@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from cluster.configfile import StrictModel, load_config
-from cluster.secrets import api_key_from, check_secret_file
+from cluster.secrets import check_secret_file, key_from_file_or_env
 from serve_apps.config import ServeConfig
 
 
@@ -101,11 +101,7 @@ class EvalConfig(StrictModel):
     )
 
     _key_file_ok = field_validator("api_key_file")(check_secret_file)
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_from_file_or_env(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        return api_key_from(value, info.data.get("api_key_file"))
+    _key_resolved = field_validator("api_key")(key_from_file_or_env)
 
     @model_validator(mode="after")
     def _ks_within_repeats(self) -> EvalConfig:

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from cluster.configfile import StrictModel
 from cluster.net import is_loopback
 from cluster.paths import REPO_ROOT
-from cluster.secrets import api_key_from, check_secret_file
+from cluster.secrets import check_secret_file, key_from_file_or_env
 
 Platform = Literal["ascend", "cuda", "cpu"]
 EngineArgValue = str | int | float | bool
@@ -155,11 +155,7 @@ class ServeConfig(StrictModel):
     models: list[ModelConfig] = Field(default_factory=list, description="Checkpoints served from the start.")
 
     _key_file_ok = field_validator("api_key_file")(check_secret_file)
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_from_file_or_env(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        return api_key_from(value, info.data.get("api_key_file"))
+    _key_resolved = field_validator("api_key")(key_from_file_or_env)
 
     @model_validator(mode="after")
     def _no_open_public_endpoint(self) -> ServeConfig:
