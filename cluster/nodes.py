@@ -39,8 +39,8 @@ from cluster.planner import (
     dashboard_url,
     describe_resources,
     nodes_from_ray,
+    ModelOf,
     split_replica_class_name,
-    supervisor_model,
 )
 
 AuthMode = Literal["token", "disabled"]
@@ -426,13 +426,15 @@ def node_statuses(
     ray_nodes: Sequence[Mapping[str, Any]],
     available: Mapping[str, Mapping[str, float]],
     actors: Sequence[Any],
+    model_of: ModelOf | None = None,
 ) -> list[NodeStatus]:
-    """Pure part of `cluster_status`: `ray.nodes()`, free resources per node, ALIVE actors (state API)."""
+    """Pure part of `cluster_status`: `ray.nodes()`, free resources per node, ALIVE actors (state API), and which
+    Serve deployments serve which model (`model_of`, the serving layer's naming)."""
     models: dict[str, dict[str, int]] = {}
     for actor in actors:
         get = actor.get if isinstance(actor, Mapping) else lambda k, a=actor: getattr(a, k, None)
         split = split_replica_class_name(get("class_name") or "")
-        model = supervisor_model(*split) if split else None
+        model = model_of(*split) if split and model_of else None
         if model and get("state") == "ALIVE" and get("node_id"):
             per_node = models.setdefault(get("node_id"), {})
             per_node[model] = per_node.get(model, 0) + 1
@@ -444,7 +446,7 @@ def node_statuses(
     ]
 
 
-def cluster_status(address: str | None = None) -> list[NodeStatus]:
+def cluster_status(address: str | None = None, model_of: ModelOf | None = None) -> list[NodeStatus]:
     """Nodes, their NPU/GPU/CPU totals and free amounts, and the models each serves.
 
     Uses the connected Ray if `ray.init` was done, else reads the GCS of `address` (default: the cluster
@@ -474,7 +476,7 @@ def cluster_status(address: str | None = None) -> list[NodeStatus]:
         gcs_address = address or state.gcs_address  # type: ignore[union-attr]
         ray_nodes, available = _read_gcs(gcs_address)
     api_url = state.dashboard_url if state is not None and address is None else None
-    return node_statuses(ray_nodes, available, _alive_actors(gcs_address, api_url or None))
+    return node_statuses(ray_nodes, available, _alive_actors(gcs_address, api_url or None), model_of)
 
 
 def _read_gcs(gcs_address: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:

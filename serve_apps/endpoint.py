@@ -16,11 +16,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
 
 from serve_apps.builder import build_engine_app, build_ingress_app
-from cluster.errors import ConfigError
-from cluster.planner import check_feasible, live_nodes, replica_needs
+from cluster.errors import ClusterConnectionError, ConfigError, InfeasiblePlacementError
+from cluster.planner import check_feasible, find_infeasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.errors import EngineStartupError, ModelNotFoundError
-from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
+from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name, served_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +108,11 @@ class Endpoint:
         deadline = time.monotonic() + (timeout_s or self.cfg.engine.startup_timeout_s + 60)
         pending = set(names)
         while pending:
+            stuck = self._never_placeable(pending)
+            if stuck:
+                for name in pending:
+                    self.remove_model(name)
+                raise InfeasiblePlacementError("; ".join(stuck))
             apps = serve.status().applications
             for name in list(pending):
                 app = apps.get(engine_app_name(name))
@@ -123,6 +128,15 @@ class Endpoint:
             if pending:
                 time.sleep(1.0)
         self._wait_listed(names, deadline)
+
+    def _never_placeable(self, names: set[str]) -> list[str]:
+        """Messages for replicas of `names` that Ray accepted but can never place (Serve would wait out the whole
+        startup timeout). Needs the state API: without a dashboard (the embedded Ray's default) there are none."""
+        try:
+            messages = find_infeasible(served_model)
+        except ClusterConnectionError:
+            return []
+        return [m for m in messages if any(m.startswith(f"model {name} ") for name in names)]
 
     def _wait_listed(self, names: list[str], deadline: float) -> None:
         headers = {"Authorization": f"Bearer {self.cfg.api_key.get_secret_value()}"} if self.cfg.api_key else {}

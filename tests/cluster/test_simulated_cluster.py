@@ -44,6 +44,7 @@ from cluster.simulate import (  # noqa: E402
     simulate_up,
     simulated_cluster,
 )
+from serve_apps.ingress import served_model  # noqa: E402
 from shared import fetch_from  # noqa: E402
 
 # -- pure parts ----------------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def test_status_maps_engine_supervisors_to_nodes() -> None:
             "node_id": "h",
         },
     ]
-    statuses = node_statuses(ray_nodes, {"h": {"CPU": 1.0}, "w": {"CPU": 0.0}}, actors)
+    statuses = node_statuses(ray_nodes, {"h": {"CPU": 1.0}, "w": {"CPU": 0.0}}, actors, served_model)
     assert [s.models for s in statuses] == [{}, {"step_400": 2}]
     table = format_status(statuses)
     assert "step_400 x2" in table and "0/4" in table and "total (2 nodes)" in table
@@ -412,7 +413,8 @@ def test_engine_supervisors_hold_their_npus_across_nodes(sim: SimulatedCluster) 
         devices = [s["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"] for s in seen]
         assert all(len(d.split(",")) == 2 for d in devices)
         assert all(s["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native" for s in seen)
-        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status() if s.total.get("NPU")}
+        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status(model_of=served_model)
+                    if s.total.get("NPU")}
         assert per_node == {ip: 2 for ip in sim.worker_ips}
         assert all(s.available.get("NPU", 0) == 0 for s in live_nodes() if not s.is_head)
     finally:
