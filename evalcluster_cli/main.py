@@ -243,9 +243,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(f"stopped {len(stopped)} Ray node process(es)" if stopped else "no cluster started by evalcluster")
         return 0
     else:
+        from cluster.status import cluster_status, format_status
         from serve_apps.ingress import served_model
 
-        print(nodes.format_status(nodes.cluster_status(args.address, model_of=served_model)))
+        print(format_status(cluster_status(args.address, model_of=served_model)))
         return 0
     print(f"Ray at {state.gcs_address}  (dashboard {state.dashboard_url or '-'})")
     print("drivers and jobs use this environment:")

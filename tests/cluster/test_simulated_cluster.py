@@ -25,19 +25,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from cluster import nodes as nodes_mod  # noqa: E402
 from cluster.errors import ConfigError, InfeasiblePlacementError  # noqa: E402
-from cluster.nodes import (  # noqa: E402
-    NodeStatus,
-    cluster_down,
-    cluster_status,
-    format_status,
-    is_ray_start_running,
-    load_state,
-    node_statuses,
-    ray_start_command,
-)
-from cluster.net import free_port  # noqa: E402
 from cluster.hosts import SimHost, create_network, destroy_network, namespaces_available  # noqa: E402
+from cluster.net import free_port  # noqa: E402
+from cluster.nodes import cluster_down, is_ray_start_running, load_state, ray_start_command  # noqa: E402
 from cluster.planner import live_nodes, watch_for_infeasible  # noqa: E402
+from cluster.status import NodeStatus, cluster_status, format_status, node_statuses  # noqa: E402
 from cluster.simulate import (  # noqa: E402
     SimulatedCluster,
     parse_simulate_spec,
