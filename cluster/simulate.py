@@ -144,6 +144,12 @@ class SimulatedCluster:
     def stop(self) -> None:
         stop_simulated(self.state)
 
+    def __enter__(self) -> SimulatedCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def _node_log_dir(log_dir: Path | None) -> Path:
     return log_dir or Path(tempfile.mkdtemp(prefix="evalcluster-sim-"))
