@@ -29,8 +29,8 @@ from eval_jobs.datasets import EvalDataset
 # Keys BaseEvaluator.evaluate looks for, in its order, to read a detail's correctness.
 CORRECT_KEYS = ("correct", "is_correct", "cascade_correct")
 # First-metric names whose one-sample value is right (full marks) or wrong (0): AccEvaluator's `accuracy`,
-# BBHEvaluator's `score`, LEvalEMEvaluator's `exact_match`, ...
-BINARY_METRIC_NAMES = ("accuracy", "acc", "score", "exact_match", "em", "pass@1")
+# LEvalEMEvaluator's `exact_match`. Not `score`: LongBench's F1/ROUGE evaluators call theirs that too.
+BINARY_METRIC_NAMES = ("accuracy", "acc", "exact_match", "em")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ def _score(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows: list[in
         "predictions": preds,
         "references": [references[i] for i in rows],
         "origin_prompt": [dataset.messages[i] for i in rows],
+        # GenInferencer stores each row's answer column as `gold` in the predictions; some evaluators take it.
+        "gold": [dataset.references[i] for i in rows],
     }
     params = inspect.signature(evaluator.score).parameters
     if "test_set" in params:
