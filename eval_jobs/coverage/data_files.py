@@ -19,6 +19,11 @@ from typing import Any
 
 Writer = Callable[[Any, Path], None]
 WRITERS: dict[str, Writer] = {}
+# Dataset classes without a writer, and why (the coverage table says this instead of "no writer").
+KNOWN_GAPS = {
+    "MooncakeTraceDataset": "replays a request trace with a tokenizer (`model_path`): a performance dataset, "
+                            "not supported yet",
+}
 
 # 30 rows: enough for the 25-shot fixed-k retrievers (ARC), which index their examples by position.
 QA = [(f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(30)]
@@ -45,6 +50,11 @@ def write_data_files(dcfg: Any, data_dir: Path) -> bool:
 
 def has_writer(dcfg: Any) -> bool:
     return _class_name(dcfg.get("type")) in WRITERS
+
+
+def known_gap(dcfg: Any) -> str | None:
+    """Why the config's dataset class cannot be checked here, if that is known."""
+    return KNOWN_GAPS.get(_class_name(dcfg.get("type")))
 
 
 def _class_name(obj: Any) -> str:
@@ -265,15 +275,16 @@ def _gpqa(dcfg: Any, root: Path) -> None:
 
 @writer("PIQADatasetV2", "siqaDataset_V2")
 def _piqa_siqa(dcfg: Any, root: Path) -> None:
+    """Questions in `<split>.jsonl`, one label a line in `<split>-labels.lst` (PIQA 0/1, SIQA 1-3)."""
     siqa = _class_name(dcfg["type"]) == "siqaDataset_V2"
     for split in ("train", "dev"):
         if siqa:
             rows = [{"context": "Ann was hungry.", "question": q, "answerA": o[0], "answerB": o[1], "answerC": o[2]}
                     for q, o, _ in MCQ]
-            labels = ["1", "2"]
+            labels = [str(1 + i % 3) for i in range(len(rows))]
         else:
-            rows = [{"goal": q, "sol1": o[0], "sol2": o[1]} for q, o, _ in MCQ]
-            labels = ["0", "1"]
+            rows = [{"id": str(i), "goal": q, "sol1": o[0], "sol2": o[1]} for i, (q, o, _) in enumerate(MCQ)]
+            labels = [str(i % 2) for i in range(len(rows))]
         _jsonl(_at(dcfg, root, f"{split}.jsonl"), rows)
         _at(dcfg, root, f"{split}-labels.lst").write_text("\n".join(labels) + "\n", encoding="utf-8")
 
@@ -286,8 +297,8 @@ def _triviaqa(dcfg: Any, root: Path) -> None:
 
 @writer("WinograndeDatasetV2", "WinograndeDatasetV3")
 def _winogrande(dcfg: Any, root: Path) -> None:
-    rows = [{"sentence": "The cup fell because _ was slippery.", "option1": "it", "option2": "he", "answer": "1"},
-            {"sentence": "Tom thanked Ann because _ helped.", "option1": "Tom", "option2": "Ann", "answer": "2"}]
+    rows = [{"sentence": f"The cup {i} fell because _ was slippery.", "option1": "it", "option2": "he",
+             "answer": str(1 + i % 2)} for i in range(len(QA))]
     for split in ("train_xs", "dev"):
         _jsonl(_at(dcfg, root, f"{split}.jsonl"), rows)
 
@@ -472,3 +483,25 @@ class CodeGenerationLite(datasets.GeneratorBasedBuilder):
             for i, line in enumerate(f):
                 yield i, json.loads(line)
 '''
+
+
+# -- NeedleBench: haystack texts, needles and names in one directory; the loaders build the long prompts --------
+
+@writer("NeedleBenchOriginDataset", "NeedleBenchParallelDataset", "NeedleBenchMultiDataset")
+def _needlebench(dcfg: Any, root: Path) -> None:
+    """Every file the three loaders read (haystacks in `file_list`, `needle_file_name`). Their prompts are
+    counted in tiktoken's gpt-4 tokens: see check.offline_tiktoken()."""
+    directory = _at(dcfg, root, "needles.jsonl").parent
+    haystack = [{"text": f"Paragraph {i} of a long and quiet essay about gardens and rivers."} for i in range(20)]
+    for name in ("PaulGrahamEssays.jsonl", "zh_finance.jsonl", "zh_game.jsonl", "zh_general.jsonl",
+                 "zh_government.jsonl", "zh_movie.jsonl", "zh_tech.jsonl", "en_un_asr.jsonl", "zh_all.jsonl"):
+        _jsonl(directory / name, haystack)
+    needles = [{"language": language, "needle": f"The secret number {i} is {100 + i}.",
+                # The parallel loader cuts the answer format out of the quotes.
+                "retrieval_question": f"What is the secret number {i}? Answer in the format of "
+                                      f"'The secret number {i} is ______.'",
+                "arg1": f"number {i}", "arg2": str(100 + i)}
+               for language in ("English", "Chinese") for i in range(30)]
+    _jsonl(directory / "needles.jsonl", needles)
+    names = ",".join(f"Name{i}" for i in range(60))
+    (directory / "names.json").write_text(json.dumps({"English": names, "Chinese": names}), encoding="utf-8")

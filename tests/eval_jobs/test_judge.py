@@ -126,3 +126,43 @@ def test_missing_evaluator_package_is_refused_at_load(data_dir, monkeypatch) -> 
 def test_shipped_evaluator_packages_are_installed() -> None:
     # pyproject.toml installs what the shipped evaluators import while scoring.
     assert all(not evaluator_deps.missing_packages(e) for e in evaluator_deps.SCORE_TIME_IMPORTS)
+
+
+def test_report_shows_the_dataset_that_could_not_be_scored(tmp_path, data_dir) -> None:
+    from eval_jobs.records import SampleResult
+    from eval_jobs.report import write_report
+    from eval_jobs.run import score
+    from eval_jobs.store import RunDir
+
+    [demo] = load_datasets(DEMO_CONFIG, data_dir=data_dir)
+    broken = copy.deepcopy(demo)
+    broken.name = "broken"
+    broken.eval_cfg["evaluator"] = {"type": "ais_bench.benchmark.datasets.humaneval.HumanEvalEvaluator"}
+    records = [SampleResult(model="m", dataset=d.name, index=i, repeat=0, status="ok", endpoint="http://x",
+                            prompt=d.messages[i], response=f"\\boxed{{{d.references[i]}}}", started_at=1.0,
+                            latency_s=0.5, finished_at=1.5)
+               for d in (demo, broken) for i in range(3)]
+    frame = score(records, {demo.name: demo, broken.name: broken})
+    table = write_report(RunDir(tmp_path / "run"), frame, summarize(frame))
+    assert table.loc[table["dataset"] == demo.name, "value"].notna().any()
+    [reason] = table.loc[table["dataset"] == "broken", "error"].tolist()
+    assert "HumanEvalEvaluator" in reason
+    assert reason.replace("|", "\\|") in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_repeats_are_scored_one_evaluator_call_each_and_averaged(data_dir) -> None:
+    # As BaseEvaluator.evaluate: each replica scored alone, numbers averaged as "KEY (n runs average)".
+    [demo] = load_datasets(DEMO_CONFIG, data_dir=data_dir)
+    runs = [["\\boxed{5}", "\\boxed{10}", "\\boxed{1}", "\\boxed{6}"], ["\\boxed{5}", "x", "y", "z"]]
+    frame = pd.concat([frame_for(demo, r).assign(repeat=i) for i, r in enumerate(runs)], ignore_index=True)
+    summary = summarize(judge_frame(frame, {demo.name: demo})).set_index("metric")
+    own = [aisbench_score(_first(demo, 4), r)["accuracy"] for r in runs]
+    assert own == [75.0, 25.0]
+    assert summary.loc["accuracy (2 runs average)", "value"] == pytest.approx(50.0)
+    assert summary.loc["avg@2", "value"] == pytest.approx(0.5)
+
+
+def _first(dataset: EvalDataset, n: int) -> EvalDataset:
+    shorter = copy.copy(dataset)
+    shorter.references = dataset.references[:n]
+    return shorter
