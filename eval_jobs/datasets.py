@@ -208,6 +208,8 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None) 
 
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
+    from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported  # imports us
+
     abbr = str(dcfg.get("abbr", config_path.stem))
     where = f"{config_path}: dataset {abbr!r}"
     infer_cfg = dcfg.get("infer_cfg") or {}
@@ -230,6 +232,7 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
     missing = missing_evaluator_packages(dcfg.get("eval_cfg") or {})
     if missing:
         raise ConfigError(f"{where}: its evaluator needs {', '.join(missing)}, not installed here")
+    check_evaluator_builds(dcfg.get("eval_cfg") or {}, where)
     dataset = build_rows(build_cfg, data_dir, data_path, where)
     reader = dataset.reader
     test = dataset.test
@@ -252,29 +255,6 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
         k=k,
         max_out_lens=list(max_out_lens) if max_out_lens is not None else None,
     )
-
-
-def unsupported(dcfg: Any) -> str | None:
-    """Why evalcluster cannot evaluate this dataset dict yet (one line naming the capability), or None."""
-    infer_cfg = dcfg.get("infer_cfg") or {}
-    inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
-    if inferencer != "GenInferencer":
-        return f"{inferencer}: not supported yet (only GenInferencer: one generated answer per request)"
-    if dcfg.get("judge_infer_cfg"):
-        return "judge_infer_cfg (an LLM judges the answers): not supported yet"
-    if (dcfg.get("eval_cfg") or {}).get("sc_size"):
-        return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
-    template = _type_name((infer_cfg.get("prompt_template") or {}).get("type")).rsplit(".", 1)[-1]
-    if template == "MMPromptTemplate":
-        return "MMPromptTemplate (image, video or audio input): not supported yet"
-    return None
-
-
-def missing_evaluator_packages(eval_cfg: Any) -> list[str]:
-    """Packages (pip names) the dataset's evaluator needs that are not installed."""
-    from eval_jobs.evaluator_deps import missing_packages
-
-    return missing_packages(_type_name((eval_cfg.get("evaluator") or {}).get("type")))
 
 
 def build_rows(build_cfg: Any, data_dir: Path, data_path: Path | None, where: str) -> Any:

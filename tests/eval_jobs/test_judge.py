@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cluster.errors import ConfigError
-from eval_jobs import evaluator_deps
+from eval_jobs import support
 from eval_jobs.coverage.data_files import write_data_files
 from eval_jobs.datasets import EvalDataset, _build, _dataset_dicts, load_datasets, resolve_config
 from eval_jobs.demo_dataset import DEMO_CONFIG
@@ -118,14 +118,14 @@ def test_failed_samples_are_scored_as_empty_answers(data_dir) -> None:
 def test_missing_evaluator_package_is_refused_at_load(data_dir, monkeypatch) -> None:
     # The demo's evaluator needs nothing extra; declare a package that is not installed for it.
     evaluator = "ais_bench.benchmark.datasets.math.MATHEvaluator"
-    monkeypatch.setitem(evaluator_deps.SCORE_TIME_IMPORTS, evaluator, [("no_such_module_x", "no-such-package")])
+    monkeypatch.setitem(support.SCORE_TIME_IMPORTS, evaluator, [("no_such_module_x", "no-such-package")])
     with pytest.raises(ConfigError, match="demo_arith.*needs no-such-package, not installed"):
         load_datasets(DEMO_CONFIG, data_dir=data_dir)
 
 
 def test_shipped_evaluator_packages_are_installed() -> None:
     # pyproject.toml installs what the shipped evaluators import while scoring.
-    assert all(not evaluator_deps.missing_packages(e) for e in evaluator_deps.SCORE_TIME_IMPORTS)
+    assert all(not support.missing_packages(e) for e in support.SCORE_TIME_IMPORTS)
 
 
 def test_report_shows_the_dataset_that_could_not_be_scored(tmp_path, data_dir) -> None:
