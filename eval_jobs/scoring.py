@@ -52,7 +52,9 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
     others are scored all the same. `summarize` reads both.
     """
     frame = frame.copy()
-    frame["correct"] = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+    # True / False / None (no right or wrong: not scored, or a ROUGE-like evaluator): plain objects, so row
+    # readers (the sample viewer) see None rather than pd.NA, whose truth value raises.
+    frame["correct"] = pd.Series(None, index=frame.index, dtype=object)
     frame["score"] = np.nan
     frame["extracted"] = ""
     metric_rows: list[dict[str, Any]] = []
@@ -76,7 +78,9 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
             reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
             log.warning("model %s, dataset %s: not scored: %s", model, name, reason, exc_info=not known)
             errors.append({"model": str(model), "dataset": str(name), "error": reason})
-            frame.loc[group.index, ["correct", "score", "extracted"]] = [pd.NA, np.nan, ""]
+            frame.loc[group.index, "correct"] = None
+            frame.loc[group.index, "score"] = np.nan
+            frame.loc[group.index, "extracted"] = ""
             continue
         for metric, value in _replica_average(per_repeat).items():
             metric_rows.append({"model": str(model), "dataset": str(name), "metric": metric, "value": value})
