@@ -41,15 +41,15 @@ from eval_jobs.store import RunDir
 
 GROUP = ["model", "dataset"]
 # Per-sample columns scoring adds; dropped from a simulated run's samples.parquet.
-SAMPLE_SCORE_COLUMNS = ["correct", "extracted"]
+SAMPLE_SCORE_COLUMNS = ["correct", "score", "extracted"]
 PERF_COLUMNS = [
     "requests", "failures", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s",
     "output_tok_per_s", "req_per_s", "wall_s",
 ]  # fmt: skip
 # What print_summary shows, under which short header, when present (the files carry every column).
 PRINTED_SCORES = {
-    "model": "model", "dataset": "dataset", "metric": "metric", "value": "score", "ci": "CI",
-    "n_questions": "n", "n_repeats": "rep", "failures": "fail",
+    "model": "model", "dataset": "dataset", "metric": "metric", "source": "from", "value": "score", "ci": "CI",
+    "n_questions": "n", "n_repeats": "rep", "failures": "fail", "error": "not scored because",
 }  # fmt: skip
 PRINTED_PERF = {
     "model": "model", "dataset": "dataset", "requests": "requests", "failures": "fail", "ttft_p50_s": "TTFT",
@@ -129,9 +129,15 @@ def human_sections(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     Performance (one row per model × dataset; the joined table repeats perf columns for every metric)."""
     perf_only = [c for c in PERF_COLUMNS if c != "failures"]
     sections = {}
-    if "value" in table and table["value"].notna().any():
+    # A score, or the reason a dataset has none (its evaluator could not score it).
+    scored = table["value"].notna() if "value" in table else pd.Series(False, index=table.index)
+    if "error" in table:
+        scored |= table["error"].notna()
+    if scored.any():
         score_cols = [c for c in table.columns if c not in perf_only]
-        sections["Scores"] = table.loc[table["value"].notna(), score_cols]
+        if "error" in table and table["error"].isna().all():
+            score_cols.remove("error")
+        sections["Scores"] = table.loc[scored, score_cols]
     perf_cols = GROUP + [c for c in ["simulated", *PERF_COLUMNS] if c in table.columns]
     sections["Performance"] = table.drop_duplicates(GROUP)[perf_cols].reset_index(drop=True)
     return sections
@@ -325,6 +331,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _scores_png(table: pd.DataFrame) -> bytes:
     """One horizontal bar per model · dataset · metric, with its confidence interval as error bars."""
     rows = table[table["value"].notna()]
+    if "source" in rows and (rows["source"] == "samples").any():
+        rows = rows[rows["source"] == "samples"]  # one scale (fractions); evaluators' numbers are in the tables
     labels = [" · ".join(map(str, r)) for r in rows[["model", "dataset", "metric"]].itertuples(index=False)]
     value = rows["value"].astype("float64").to_numpy()
     low = rows["ci_low"].astype("float64").to_numpy() if "ci_low" in rows else value

@@ -27,7 +27,7 @@ from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import provenance
 from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
-from eval_jobs.scoring import judge, summarize
+from eval_jobs.scoring import judge_frame, summarize
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer
@@ -82,15 +82,9 @@ def output_dir(output: str) -> Path:
 
 
 def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.DataFrame:
-    """The per-sample frame with AISBench's verdict (`correct`, `extracted`) on every ok sample."""
-    frame = samples_frame(records)
-    frame["correct"] = False
-    frame["extracted"] = ""
-    for (_, dataset), group in frame[frame["status"] == "ok"].groupby(["model", "dataset"]):
-        verdicts = judge(datasets[dataset], group["response"].tolist(), group["index"].tolist())
-        frame.loc[group.index, "correct"] = [c for c, _ in verdicts]
-        frame.loc[group.index, "extracted"] = [e for _, e in verdicts]
-    return frame
+    """The per-sample frame with AISBench's verdict on every sample (`scoring.judge_frame`): each dataset is
+    scored on its own, one its evaluator cannot score is reported as failed, the others are not lost."""
+    return judge_frame(samples_frame(records), datasets)
 
 
 def data_plane(model: str) -> str:

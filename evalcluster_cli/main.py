@@ -212,6 +212,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    if args.check:
+        from eval_jobs.coverage.__main__ import run
+
+        return run(args.search or "*", args.output)
+    if not args.search:
+        raise ConfigError("datasets: give --search NAME (or --check)")
     from eval_jobs.datasets import find_dataset_configs
 
     found = find_dataset_configs(args.search, args.data_dir)
@@ -315,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("datasets", help="find AISBench dataset configs and their data files")
-    p.add_argument("--search", required=True, metavar="NAME")
+    p.add_argument("--search", metavar="NAME", help="configs whose name contains NAME (or matches it as a glob)")
     p.add_argument("--data-dir")
+    p.add_argument("--check", action="store_true", help="coverage: load, render and score a tiny data file in "
+                   "each (matching) config's format with AISBench's own loader and evaluator")
+    p.add_argument("--output", help="--check: write the Markdown table here (make coverage: docs/coverage.md)")
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("cluster", help="start/stop this machine's Ray node, or show the cluster")
