@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +22,18 @@ from cluster.secrets import check_secret_file, key_from_file_or_env
 from serve_apps.config import ServeConfig
 
 
-class GenerationConfig(StrictModel):
-    """Sampling parameters sent with every request (AISBench's `vllm_api_general_chat` defaults)."""
+DEFAULT_MAX_OUT_LEN = 512  # AISBench's vllm_api_general_chat, should its config not say
 
-    max_out_len: int = Field(512, ge=1, description="max_tokens per answer (a dataset's per-row limit wins).")
-    temperature: float | None = Field(None, ge=0, description="None: the server's default (greedy: 0).")
+
+class GenerationConfig(StrictModel):
+    """Sampling parameters sent with every request. What is left unset is AISBench's: the `vllm_api_general_chat`
+    model config's `max_out_len` (512) and `generation_kwargs` (temperature 0.01, ignore_eos false), as `ais_bench`
+    sends them, so scores compare 1:1 (a request without a temperature would get the model's own default)."""
+
+    max_out_len: int | None = Field(
+        None, ge=1, description="max_tokens per answer (a dataset's per-row limit wins); None: AISBench's (512).",
+    )
+    temperature: float | None = Field(None, ge=0, description="None: AISBench's (0.01); 0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None)
     seed: int | None = Field(None, description="Base sampling seed; repeat r of a sample uses seed + r.")
@@ -38,8 +46,12 @@ class GenerationConfig(StrictModel):
         default_factory=dict, description="More request fields, passed unchanged (e.g. chat_template_kwargs)."
     )
 
-    def request_fields(self, repeat: int, row_max_out_len: int | None) -> dict[str, Any]:
-        fields: dict[str, Any] = {"max_tokens": row_max_out_len or self.max_out_len}
+    def request_fields(self, repeat: int, row_max_out_len: int | None,
+                       model_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The body fields of one request. `model_defaults` are the AISBench model config's own (`max_tokens` and
+        its generation_kwargs); every field set here wins over them."""
+        fields: dict[str, Any] = dict(model_defaults or {})
+        fields["max_tokens"] = row_max_out_len or self.max_out_len or fields.get("max_tokens") or DEFAULT_MAX_OUT_LEN
         for name in ("temperature", "top_p", "top_k"):
             if (value := getattr(self, name)) is not None:
                 fields[name] = value

@@ -371,6 +371,14 @@ def _general_chat_model_cfg() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
+def aisbench_request_defaults() -> dict[str, Any]:
+    """What `ais_bench --models vllm_api_general_chat` puts in every request besides the messages: max_tokens (its
+    max_out_len) and its generation_kwargs."""
+    cfg = _general_chat_model_cfg()
+    return {"max_tokens": cfg.get("max_out_len"), **(cfg.get("generation_kwargs") or {})}
+
+
+@lru_cache(maxsize=1)
 def _render_model() -> Any:
     from ais_bench.benchmark.utils.config import build_model_from_cfg
 

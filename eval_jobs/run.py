@@ -23,7 +23,7 @@ from cluster.connection import ray_session
 from cluster.errors import ConfigError, HostLostError, run_command
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
-from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import provenance
 from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
@@ -42,6 +42,7 @@ def build_requests(
     """Every sample of the run (`endpoints`: model → where its requests go), dataset rows in order, repeats of a
     row together."""
     requests = []
+    defaults = aisbench_request_defaults()
     for model, endpoint in endpoints.items():
         for ds in datasets:
             rows = range(min(len(ds), cfg.limit or len(ds)))
@@ -49,7 +50,7 @@ def build_requests(
                 row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
                 for repeat in range(cfg.num_repeats or ds.n):
                     body = {"model": model, "messages": ds.messages[index],
-                            **cfg.generation.request_fields(repeat, row_limit)}
+                            **cfg.generation.request_fields(repeat, row_limit, defaults)}
                     requests.append(SampleRequest(key=SampleKey(model, ds.name, index, repeat),
                                                   endpoint=endpoint, body=body))
     return requests
