@@ -131,10 +131,13 @@ class Endpoint:
 
     def _never_placeable(self, names: set[str]) -> list[str]:
         """Messages for replicas of `names` that Ray accepted but can never place (Serve would wait out the whole
-        startup timeout). Needs the state API: without a dashboard (the embedded Ray's default) there are none."""
+        startup timeout). Needs the state API: without a dashboard (the embedded Ray's default) there are none. Each
+        look costs two state API calls, which is why it runs only while checkpoints are being waited for."""
+        from ray.util.state.exception import RayStateApiException
+
         try:
             messages = find_infeasible(served_model)
-        except ClusterConnectionError:
+        except (ClusterConnectionError, RayStateApiException):  # no dashboard, or not up (yet)
             return []
         return [m for m in messages if any(m.startswith(f"model {name} ") for name in names)]
 
