@@ -42,6 +42,7 @@ class Endpoint:
         self.host = cfg.host
         self.port = cfg.port
         self._models: dict[str, ModelConfig] = {}
+        self._state_api = True  # until a look at Ray's state API fails
 
     @property
     def url(self) -> str:
@@ -135,9 +136,12 @@ class Endpoint:
         look costs two state API calls, which is why it runs only while checkpoints are being waited for."""
         from ray.util.state.exception import RayStateApiException
 
+        if not self._state_api:
+            return []
         try:
             messages = find_infeasible(served_model)
-        except (ClusterConnectionError, RayStateApiException):  # no dashboard, or not up (yet)
+        except (ClusterConnectionError, RayStateApiException):  # no dashboard: don't ask again
+            self._state_api = False
             return []
         return [m for m in messages if any(m.startswith(f"model {name} ") for name in names)]
 
