@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from matplotlib.figure import Figure
 from rich.console import Console
 
@@ -64,8 +65,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return float(binomtest(min(b, c), n, 0.5).pvalue)  # exact McNemar is a sign test on the discordant pairs
 
 
 def paired_bootstrap(diffs: np.ndarray, n_resamples: int = N_PAIRED_BOOTSTRAP, seed: int = PAIRED_SEED) -> float:
