@@ -97,8 +97,22 @@ class EvalConfig(StrictModel):
     clients: int = Field(2, ge=1, description="Client actors sharing the work queue.")
     concurrency: int = Field(16, ge=1, description="Requests each client keeps in flight.")
     lease_size: int = Field(4, ge=1, description="Samples a client takes from the queue at a time.")
-    timeout_s: float = Field(600.0, gt=0, description="Bound on one request attempt, end to end.")
-    max_retries: int = Field(3, ge=0, description="Retries of a sample on connection errors, 429 and 5xx.")
+    timeout_s: float = Field(
+        300.0, gt=0, description="The idle bound: an attempt whose answer sends nothing for this long (after its "
+        "first token) ends, and is retried. A stream that keeps producing is never cut, however long it runs.",
+    )
+    first_token_timeout_s: float = Field(
+        1800.0, gt=0, description="Longest wait from sending to the answer's first token (a request queued behind a "
+        "full batch, a 32k-token prefill); past it the attempt ends and is retried.",
+    )
+    max_request_s: float | None = Field(
+        None, gt=0, description="Optional cap on one attempt end to end, however steadily it streams; hitting it "
+        "fails the sample without a retry (it would be cut at the same length). None: no cap.",
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a sample on connection errors, 429, 5xx, broken streams and the two "
+        "silence bounds; each retry generates the answer from the start.",
+    )
     backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter.")
     output: str = Field("runs/latest", description="Run directory; running again on it resumes.")
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(

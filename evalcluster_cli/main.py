@@ -143,6 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "models": args.models, "datasets": args.datasets,
         "data_dir": args.data_dir, "num_repeats": args.num_repeats, "k": args.k, "limit": args.limit,
         "concurrency": args.concurrency, "clients": args.clients, "timeout_s": args.timeout,
+        "first_token_timeout_s": args.first_token_timeout, "max_request_s": args.max_request_time,
         "max_retries": args.max_retries, "output": args.output,
     })  # fmt: skip
     if generation:
@@ -292,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--concurrency", type=int, help="requests in flight per client")
     p.add_argument("--clients", type=int, help="client actors")
-    p.add_argument("--timeout", type=float, help="seconds per request attempt")
+    p.add_argument("--timeout", type=float, help="idle bound: seconds an answer may send nothing before the attempt "
+                   "ends (a steady stream is never cut)")
+    p.add_argument("--first-token-timeout", type=float, help="seconds to wait for an answer's first token")
+    p.add_argument("--max-request-time", type=float, help="optional cap on one attempt, end to end (not retried)")
     p.add_argument("--max-retries", type=int)
     p.add_argument("--output", help="run directory (running again resumes)")
     _api_key_flags(p)

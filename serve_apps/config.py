@@ -37,7 +37,11 @@ class EngineConfig(StrictModel):
     startup_timeout_s: float = Field(900.0, gt=0, description="Seconds an engine may take to answer /health and /v1/models.")
     health_timeout_s: float = Field(10.0, gt=0, description="Timeout of one engine health probe.")
     health_check_period_s: float = Field(5.0, gt=0, description="How often Serve probes each engine.")
-    request_timeout_s: float = Field(1800.0, gt=0, description="Longest a forwarded request may take end to end.")
+    read_timeout_s: float = Field(
+        3600.0, gt=0, description="Longest the engine supervisor waits for the engine's next bytes (its first ones "
+        "included: a long prefill sends none). A stream that keeps producing is never cut; no layer of the endpoint "
+        "has a total deadline (evaluation clients bound silence themselves: eval.timeout_s).",
+    )
     cpus_per_replica: float = Field(
         1.0, ge=0, description="Ray CPUs one replica reserves (on cpu, the engine's compute; elsewhere, its host process)."
     )

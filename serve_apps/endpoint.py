@@ -55,11 +55,11 @@ class Endpoint:
             # Checked where the proxy will bind (the head), which need not be this driver's host. Serve's proxy
             # would retry a taken port forever, and we would wait on it.
             self.port = on_head(_bindable_port, self.host, self.port)
-        serve.start(
-            proxy_location=self.cfg.proxy_location,
-            http_options={"host": self.cfg.host, "port": self.port,
-                          "request_timeout_s": self.cfg.engine.request_timeout_s},
-        )
+        # No request_timeout_s: Serve's proxy applies it to the whole request, so it would cut a long answer that is
+        # still streaming (and a cut stream is retried from scratch). Silence is bounded by the supervisor's read
+        # timeout and by the clients' own idle and first-token bounds.
+        serve.start(proxy_location=self.cfg.proxy_location,
+                    http_options={"host": self.cfg.host, "port": self.port, "request_timeout_s": None})
         # A running Serve keeps its own HTTP options: the endpoint is wherever its proxy really listens.
         http = _get_global_client().http_config
         if (http.host, http.port) != (self.cfg.host, self.port):
