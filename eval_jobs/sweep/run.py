@@ -27,7 +27,8 @@ from eval_jobs.run import build_requests, output_dir, score, tracker_logdir, wit
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer
 from eval_jobs.scoring import summarize
-from eval_jobs.store import RunDir, SampleStore
+from eval_jobs.records import SampleResult
+from eval_jobs.store import RunDir, SampleStore, matching
 from eval_jobs.sweep.checkpoints import Watcher, discover
 from eval_jobs.sweep.config import SweepJobConfig, load_sweep_config
 from eval_jobs.sweep.report import checkpoint_order, print_sweep, write_sweep_report
@@ -86,9 +87,15 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     if table is not None:
         print_sweep(table)
     print(f"sweep report: {(sweep_dir.root / ('summary.html' if simulated else 'sweep.html')).resolve()}")
-    records = [r for r in store.load() if r.model in sweep.checkpoints]
+    records = current_records(store, sweep)
     return SweepResult(summary if table is None else table, dict(sweep.failed),
                        sum(r.status != "ok" for r in records))
+
+
+def current_records(store: SampleStore, sweep: Sweep) -> list[SampleResult]:
+    """The latest record of every planned sample made from the checkpoint's current files and this config (older
+    answers stay in the store, out of the report)."""
+    return matching(store.latest(), [r for requests in sweep.requests.values() for r in requests])
 
 
 def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, datasets: dict[str, EvalDataset],
@@ -96,7 +103,7 @@ def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, da
     """The per-checkpoint summary (summary.*), the sample viewer (samples.html) and, unless simulated, the sweep's
     own pages (sweep.*); returns (summary table, checkpoint table or None)."""
     checkpoints = sweep.checkpoints
-    records = [r for r in store.load() if r.model in checkpoints]
+    records = [r for r in current_records(store, sweep) if r.model in checkpoints]
     if not records:
         return pd.DataFrame(), None
     frame = samples_frame(records) if simulated else score(records, datasets)

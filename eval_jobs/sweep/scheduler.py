@@ -30,13 +30,14 @@ import ray
 from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
-from eval_jobs.records import SampleKey, SampleResult
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.run import build_requests, client_settings, data_plane
-from eval_jobs.store import SampleStore
+from eval_jobs.store import SampleStore, plan_resume
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig
 from eval_jobs.sweep.convert import convert_remote
 from eval_jobs.work import distribute
+from serve_apps.checkpoint_id import checkpoint_identity, files_identity
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.endpoint import Endpoint
 from serve_apps.health import ServingWatch
@@ -90,6 +91,14 @@ class Planned:
     model_dir: Path | None = None
 
 
+def checkpoint_identity_of(checkpoint: Checkpoint) -> str:
+    """What a checkpoint is, as files, computed here (before it is deployed or converted): an HF directory the way
+    its engine supervisor computes it, a .ckpt or MindRLHF step by the files conversion reads."""
+    if not checkpoint.needs_conversion:
+        return checkpoint_identity(str(checkpoint.source))
+    return f"{checkpoint.kind}:{checkpoint.source}:{files_identity(checkpoint.files())}"
+
+
 def _largest_first(p: Planned) -> tuple[float, float, str]:
     """Pending order: most devices per checkpoint first (they are the hardest to place), then step order."""
     return (-p.needs.device_count * p.num_replicas, *p.checkpoint.sort_key())
@@ -110,6 +119,7 @@ class Sweep:
         self.checkpoints: dict[str, int | None] = {}  # every checkpoint planned: name → step
         self.sources: dict[str, str] = {}  # name → where its weights came from
         self.retired: set[str] = set()  # checkpoints whose evaluation ended (every sample has a result)
+        self.requests: dict[str, list[SampleRequest]] = {}  # every checkpoint planned: name → its samples
         self._store_lock = threading.Lock()
         self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
 
@@ -134,8 +144,14 @@ class Sweep:
             serving["tensor_parallel_size"] = planned.checkpoint.tensor_parallel_size
         return ModelConfig(model=str(planned.model_dir), served_model_name=planned.checkpoint.name, **serving)
 
-    def keys_of(self, name: str) -> set[SampleKey]:
-        return {r.key for r in build_requests(self.job.eval, {name: ""}, self.datasets)}
+    def requests_of(self, checkpoint: Checkpoint) -> list[SampleRequest]:
+        """Every sample of `checkpoint`, fingerprinted with what its files are now (a retrained `step_400` is another
+        checkpoint under the same name); kept for the report, which shows only answers of these fingerprints."""
+        identity = checkpoint_identity_of(checkpoint)
+        name = checkpoint.name
+        requests = build_requests(self.job.eval, {name: data_plane(name)}, self.datasets, {name: identity})
+        self.requests[name] = requests
+        return requests
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -150,10 +166,10 @@ class Sweep:
         self._remove_leftovers(planned)
         # The budget is what is free now (other apps keep theirs); from here on the ledger tracks the sweep's own.
         ledger = Ledger.of(live_nodes())
-        finished = self.store.finished_keys()
+        latest = self.store.latest()
         pending: list[Planned] = []
         for p in planned:
-            self._enqueue(p, finished, pending)
+            self._enqueue(p, latest, pending)
         pending.sort(key=_largest_first)
         if watcher:
             watcher.mark_known(c.name for c in checkpoints)
@@ -170,7 +186,7 @@ class Sweep:
                         last_activity = time.monotonic()
                         self.events.write("found", c.name, source=str(c.source), step=c.step)
                         try:
-                            self._enqueue(self.plan(c, nodes), finished, pending)
+                            self._enqueue(self.plan(c, nodes), latest, pending)
                         except Exception as exc:  # an infeasible checkpoint found later: fail it, go on
                             self._fail(c.name, exc)
                     pending.sort(key=_largest_first)
@@ -238,10 +254,10 @@ class Sweep:
             self.endpoint.remove_model(name)
             self.events.write("retired", name, reason="left behind by a previous run")
 
-    def _enqueue(self, p: Planned, finished: set[SampleKey], pending: list[Planned]) -> None:
+    def _enqueue(self, p: Planned, latest: dict[SampleKey, SampleResult], pending: list[Planned]) -> None:
         name = p.checkpoint.name
-        if self.keys_of(name) <= finished:
-            self.events.write("skipped", name, reason="every sample already evaluated")
+        if not plan_resume(self.requests_of(p.checkpoint), latest).todo:
+            self.events.write("skipped", name, reason="every sample already evaluated with the same fingerprint")
             return
         if p.checkpoint.needs_conversion:
             p.conversion = convert_remote(p.checkpoint, Path(self.job.sweep.base), self.job.sweep.cache_dir())
@@ -279,11 +295,12 @@ class Sweep:
                 self.endpoint.add_models([model], engine=p.engine, wait=False, node_address=node_address)
             self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60)
             self.events.write("ready", name)
-            requests = build_requests(self.job.eval, {name: data_plane(name)}, self.datasets)
-            finished = self.store.finished_keys()
-            todo = [r for r in requests if r.key not in finished]
-            log.info("%s: ready; %d of %d samples to send", name, len(todo), len(requests))
-            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record,
+            requests = self.requests[name]
+            plan = plan_resume(requests, self.store.latest())
+            log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
+            self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
+                              changed=plan.changed, failed_before=plan.failed)
+            distribute(plan.todo, client_settings(self.job.eval), self.job.eval.clients, self._record,
                        watch=ServingWatch([name]).check)
         finally:
             with self._serve_lock:
