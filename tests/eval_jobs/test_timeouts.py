@@ -32,24 +32,25 @@ def send(endpoint: str, bounds: Bounds, *, max_tokens: int, max_retries: int = 2
 
 @pytest.fixture(scope="module")
 def steady() -> Iterator[str]:
-    """60 tokens, one every 0.1 s: a 6 s answer, every gap far below a 1.5 s idle bound."""
-    with sim_engine(ttft_s=0.2, tpot_s=0.1, output_tokens=None) as url:
+    """60 tokens, one every 0.25 s: a 15 s answer, 3 x the 5 s idle bound, each gap 20 x below it (margin for a
+    loaded machine: a stalled event loop must not pass for a silent engine)."""
+    with sim_engine(ttft_s=0.2, tpot_s=0.25, output_tokens=None) as url:
         yield url
 
 
 def test_a_steady_answer_longer_than_the_idle_bound_is_never_cut(steady: str) -> None:
-    # The issue's case scaled down: an answer streaming 4 x longer than eval.timeout_s (was: 0 of 4 ok).
+    # The issue's case scaled down: an answer streaming 3 x longer than eval.timeout_s (was: 0 of 4 ok).
     before = sim_requests(steady)
-    res = send(steady, Bounds(idle_s=1.5, first_token_s=5), max_tokens=60)
+    res = send(steady, Bounds(idle_s=5, first_token_s=30), max_tokens=60)
     assert res.status == "ok", res.error
     assert res.completion_tokens == 60 and res.attempts == 1
-    assert res.latency_s is not None and res.latency_s > 1.5 * 3  # it really streamed past the bound
+    assert res.latency_s is not None and res.latency_s > 5 * 2  # it really streamed past the bound
     assert sim_requests(steady) - before == 1
 
 
 def test_the_total_cap_ends_a_steady_answer_and_is_not_retried(steady: str) -> None:
     before = sim_requests(steady)
-    res = send(steady, Bounds(idle_s=1.5, first_token_s=5, total_s=1.0), max_tokens=60)
+    res = send(steady, Bounds(idle_s=5, first_token_s=30, total_s=2.0), max_tokens=60)
     assert res.status == "failed" and res.attempts == 1
     assert res.error is not None and "eval.max_request_s" in res.error and "not retried" in res.error
     assert sim_requests(steady) - before == 1
@@ -69,7 +70,7 @@ def test_no_first_token_ends_every_attempt_at_the_first_token_bound() -> None:
 def test_an_answer_that_stops_midway_ends_at_the_idle_bound() -> None:
     # The first token at once, then 30 s per token: silent after the first event.
     with sim_engine(ttft_s=0.1, tpot_s=30, output_tokens=None) as url:
-        res = send(url, Bounds(idle_s=1.0, first_token_s=10), max_tokens=4, max_retries=1)
+        res = send(url, Bounds(idle_s=1.0, first_token_s=30), max_tokens=4, max_retries=1)
     assert res.status == "failed" and res.attempts == 2
     assert res.error is not None and "stream idle for 1 s after 1 events" in res.error
     assert "eval.timeout_s, the idle bound" in res.error
@@ -85,16 +86,16 @@ def test_the_serve_data_plane_and_the_http_endpoint_bound_silence_the_same_way(r
 
     base = dict(kind="sim", cpus_per_replica=0, startup_timeout_s=120, sim_output_tokens=None)
     endpoint = Endpoint(ServeConfig(port=0, engine=EngineConfig(**base))).start()
-    slow = EngineConfig(**base, sim_ttft_s=0.2, sim_tpot_s=0.1)
+    slow = EngineConfig(**base, sim_ttft_s=0.2, sim_tpot_s=0.25)
     silent = EngineConfig(**base, sim_ttft_s=60, sim_tpot_s=0.01)
     endpoint.add_models([ModelConfig(model="sim-steady")], engine=slow)
     endpoint.add_models([ModelConfig(model="sim-silent")], engine=silent)
     try:
-        steady = Bounds(idle_s=1.5, first_token_s=10)
+        steady = Bounds(idle_s=4, first_token_s=30)  # 40 tokens over 10 s, a token every 0.25 s
         for where in (serve_endpoint(engine_app_name("sim-steady")), endpoint.url):
-            res = send(where, steady, max_tokens=50, model="sim-steady")
+            res = send(where, steady, max_tokens=40, model="sim-steady")
             assert res.status == "ok", (where, res.error)
-            assert res.completion_tokens == 50 and res.attempts == 1, where
+            assert res.completion_tokens == 40 and res.attempts == 1, where
         for where in (serve_endpoint(engine_app_name("sim-silent")), endpoint.url):
             res = send(where, Bounds(idle_s=30, first_token_s=1.0), max_tokens=4, max_retries=0, model="sim-silent")
             assert res.status == "failed", where

@@ -103,15 +103,16 @@ def test_released_leases_go_back_first():
 
 
 def test_leases_stay_alive_while_answers_stream_past_the_ttl(ray_cluster):
-    """Real client actors against the simulator: every answer streams ~4 s, 2x the lease TTL, and no sample is sent
-    twice, because the clients renew the leases of requests still in flight (before: expired and re-sent)."""
-    with sim_engine(ttft_s=0.1, tpot_s=0.1, output_tokens=40) as url:
+    """Real client actors against the simulator: every answer streams ~12 s, 2x the lease TTL, and no sample is sent
+    twice, because the clients renew the leases of requests still in flight (without renewals: 14 sends of 8)."""
+    with sim_engine(ttft_s=0.1, tpot_s=0.3, output_tokens=40) as url:
         requests = [SampleRequest(key=SampleKey("sim", "d", i, 0), endpoint=url,
                                   body={"model": "sim", "messages": [{"role": "user", "content": f"q{i}"}],
                                         "max_tokens": 40})
                     for i in range(8)]
-        settings = ClientSettings(concurrency=2, lease_size=2, timeout_s=5, max_retries=0, backoff_s=0.1,
-                                  lease_ttl_s=2.0)
+        # TTL 6 s, renewed every 1.5 s: room for a loaded machine's slow actor calls.
+        settings = ClientSettings(concurrency=2, lease_size=2, timeout_s=10, max_retries=0, backoff_s=0.1,
+                                  lease_ttl_s=6.0)
         results: list[SampleResult] = []
         lock = threading.Lock()
 
