@@ -13,7 +13,7 @@ flight and the same transport: evalcluster's dynamic distribution (clients lease
 shards (each in-flight slot owns a fixed slice of the dataset up front, as a per-process split does; sent from this
 driver). The bound for both is the larger of the total work spread over every slot and the longest single request.
 
-    python -m bench.scale [--quick] [--with-64]
+    python -m bench.scale [--quick] [--with-64] [--sizes=16,32]
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ from serve_apps.endpoint import Endpoint  # noqa: E402
 WITH_64 = "--with-64" in sys.argv[1:]
 NODES, NPUS = 8, 8 if WITH_64 else 4
 SIZES = (1, 2, 4, 8, 16, 32, 64) if WITH_64 else (1, 2, 4, 8, 16, 32)
+# `--sizes=16,32` (by hand, to look into one size): only those, without the long tail.
+CHOSEN = next((tuple(int(n) for n in a.split("=", 1)[1].split(",")) for a in sys.argv[1:] if a.startswith("--sizes=")),
+              None)
 SLOTS = 4  # the simulated engine's max_num_seqs
 # 1.35 s per request. 20 per slot: requests are handed to engines ahead of their slots (below), so when the
 # dataset runs out some engines hold one or two more than others (37-42 of 40 each at 16 replicas, measured), and
@@ -119,13 +122,18 @@ def replica_hosts(sim: SimulatedCluster, model: str) -> int:
     return len({a.node_id for a in actors if (a.class_name or "").startswith(f"ServeReplica:engine:{model}:")})
 
 
-def steady_rate(records: list[SampleResult]) -> float:
-    """Requests/s between the 10th and the 90th percentile of finish times: the engines' rate once every slot is
-    busy, without the start and the end of the run. Below slots ÷ request time, something between the client
-    and the engine costs time on every hand-off; at that rate with a long run, what is lost is at the end."""
+def steady_and_ends(records: list[SampleResult]) -> tuple[float, float, float]:
+    """(requests/s between the 10th and the 90th percentile of finish times, seconds lost at the start, seconds
+    lost at the end). The steady rate is the engines' once every slot is busy: below slots ÷ request time,
+    something between client and engine costs time on every hand-off. The ends are what the first and the last
+    10 % took beyond that rate: the clients' staggered start, and engines left holding more than their share."""
     finished = sorted(r.finished_at for r in records)
-    lo, hi = len(finished) // 10, len(finished) * 9 // 10
-    return (hi - lo) / max(1e-9, finished[hi] - finished[lo])
+    n = len(finished)
+    lo, hi = n // 10, n * 9 // 10
+    rate = (hi - lo) / max(1e-9, finished[hi] - finished[lo])
+    start_s = finished[lo] - min(r.started_at for r in records) - lo / rate
+    end_s = finished[-1] - finished[hi] - (n - 1 - hi) / rate
+    return rate, start_s, end_s
 
 
 def available_gib() -> float:
@@ -147,14 +155,16 @@ def scaling(sim: SimulatedCluster, endpoint: Endpoint, sizes: tuple[int, ...] = 
         requests = requests_for(MODEL, [TOKENS] * (slots * ROUNDS))
         wall, records = evaluate(requests, OVERSUBSCRIBE * slots)
         failed = sum(r.status != "ok" for r in records)
-        steady = steady_rate(records) / (slots / generation_s(TOKENS, TPOT_S))
+        rate, start_s, end_s = steady_and_ends(records)
+        steady = rate / (slots / generation_s(TOKENS, TPOT_S))
         print(f"{replicas:>2} replicas on {hosts} hosts (ready in {deploy_s:.0f} s, {available_gib():.1f} GiB "
               f"available): {len(requests)} requests in {wall:.1f} s, ideal {ideal:.1f} s, "
-              f"{len(requests) / wall:.1f} req/s, steady rate {steady:.3f} of the engines', {failed} failed",
-              flush=True)
+              f"{len(requests) / wall:.1f} req/s, steady rate {steady:.3f} of the engines', "
+              f"{start_s:.1f} s lost at the start and {end_s:.1f} s at the end, {failed} failed", flush=True)
         results.append(Result("scale", f"wall/engine-bound ideal, {replicas} replicas", wall / ideal, target="<= 1.10",
                               note=f"{len(requests)} requests, {slots} slots, {hosts} hosts, ideal {ideal:.1f} s; "
-                              f"steady rate {steady:.3f} of the engines'" + (f", {failed} FAILED" if failed else "")))
+                              f"steady rate {steady:.3f} of the engines', {start_s:.1f} s lost at the start, {end_s:.1f} s at the end"
+                              + (f", {failed} FAILED" if failed else "")))
     endpoint.remove_model(MODEL)
     return results
 
@@ -193,7 +203,7 @@ def main() -> None:
     with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2) as sim:
         endpoint = Endpoint(ServeConfig(port=0, engine=engine)).start()
         try:
-            results = scaling(sim, endpoint) + long_tail(endpoint)
+            results = scaling(sim, endpoint, CHOSEN) if CHOSEN else scaling(sim, endpoint) + long_tail(endpoint)
         finally:
             serve.shutdown()
     report(results)
