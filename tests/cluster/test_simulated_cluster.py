@@ -238,17 +238,21 @@ def test_hosts_left_by_a_crashed_run_are_removed_at_the_next_start(tmp_path: Pat
         "net = create_network(2)\n"
         "p = subprocess.Popen(net.hosts[1].command(['sleep', '600']), start_new_session=True,\n"
         "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        "print(net.hosts[1].netns, p.pid, flush=True)\n"
+        # ... and one on this machine's side of the network (as its Ray node is), outside every namespace.
+        "m = subprocess.Popen(['sleep', '600'], start_new_session=True, stdout=subprocess.DEVNULL,\n"
+        "                     stderr=subprocess.DEVNULL)\n"
+        "net.adopt(m.pid)\n"
+        "print(net.hosts[1].netns, p.pid, m.pid, flush=True)\n"
         "os._exit(1)\n")], capture_output=True, text=True, timeout=60)
-    netns, pid = crashed.stdout.split()
-    assert netns in namespaces() and is_alive(int(pid))
+    netns, *pids = crashed.stdout.split()
+    assert netns in namespaces() and all(is_alive(int(pid)) for pid in pids)
     net = create_network(1)  # the next start cleans up
     try:
         assert netns not in namespaces()
         deadline = time.monotonic() + 10
-        while is_alive(int(pid)) and time.monotonic() < deadline:
+        while any(is_alive(int(pid)) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not is_alive(int(pid))
+        assert not any(is_alive(int(pid)) for pid in pids)
     finally:
         destroy_network(net)
 
