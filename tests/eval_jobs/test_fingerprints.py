@@ -17,6 +17,7 @@ from eval_jobs.store import RunDir, matching, plan_resume
 from eval_jobs.sweep.checkpoints import from_path
 from eval_jobs.sweep.scheduler import checkpoint_identity_of
 from serve_apps.checkpoint_id import checkpoint_identity
+from shared import API_KEY
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "1+1?"}], "max_tokens": 8, "temperature": 0}
@@ -76,9 +77,12 @@ def test_plan_resume_sends_new_changed_and_failed_and_reports_only_matching() ->
 
 
 def sim_job(ckpt: Path, data_dir: Path, output: Path) -> JobConfig:
+    # The session's key: when the shared endpoint fixture is up, this job joins its Serve and its ingress, which
+    # lists models only to callers with that key (without it, the readiness check waited out its deadline).
     return JobConfig(
-        serve={"port": 0, "engine": {"kind": "sim", "cpus_per_replica": 0, "startup_timeout_s": 120,
-                                     "sim_output_tokens": 4},
+        serve={"port": 0, "api_key": API_KEY,
+               "engine": {"kind": "sim", "cpus_per_replica": 0, "startup_timeout_s": 120,
+                          "sim_output_tokens": 4},
                "models": [{"model": str(ckpt), "served_model_name": "ckpt"}]},
         eval={"datasets": [DEMO], "data_dir": str(data_dir), "limit": 5, "clients": 1, "concurrency": 4,
               "timeout_s": 30, "output": str(output)},
