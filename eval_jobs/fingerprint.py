@@ -73,8 +73,11 @@ def _own_app(model: str) -> str | None:
     return app if app in serve.status().applications else None
 
 
+STABLE_CARD_FIELDS = ("id", "root", "parent", "max_model_len", "owned_by")
+
+
 def _card_identity(model: str, endpoint: str, api_key: str | None) -> str:
-    """An outside server's model card, less what changes per listing (`created`). It cannot show the weights: a
+    """An outside server's model card, its fields that describe the model. It cannot show the weights: a
     server restarted on other weights under the same path looks the same (the README says so)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
@@ -84,4 +87,6 @@ def _card_identity(model: str, endpoint: str, api_key: str | None) -> str:
     except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration, AttributeError) as exc:
         log.warning("%s: no model card at %s (%s); its identity is its name only", model, url, exc)
         return f"name:{model}"
-    return "card:" + digest({k: v for k, v in card.items() if k != "created"})
+    # Only what describes the model: vLLM's card also carries `created` and a `permission` entry whose id is
+    # random per listing, which made every rerun against an outside server look like new weights.
+    return "card:" + digest({k: card.get(k) for k in STABLE_CARD_FIELDS})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -67,7 +68,13 @@ class Endpoint:
         self.host, self.port = http.host, http.port
         if INGRESS_APP not in serve.status().applications:
             serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
-        self.add_models(self.cfg.models)
+        try:
+            self.add_models(self.cfg.models)
+        except BaseException:  # a checkpoint that failed to come up must not stay deployed (nor the others)
+            for name in list(self._models):
+                with contextlib.suppress(Exception):
+                    self.remove_model(name)
+            raise
         return self
 
     def add_models(

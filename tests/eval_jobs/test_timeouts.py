@@ -12,7 +12,7 @@ import pytest
 
 from eval_jobs.client import Bounds, Transports, send_chat, serve_endpoint
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from shared import sim_engine, sim_requests
+from shared import API_KEY, sim_engine, sim_requests
 
 MESSAGES = [{"role": "user", "content": "count"}]
 
@@ -24,7 +24,7 @@ def send(endpoint: str, bounds: Bounds, *, max_tokens: int, max_retries: int = 2
                                   "stream_interval": 1})
 
     async def main() -> SampleResult:
-        async with Transports(2) as transports:
+        async with Transports(2, API_KEY) as transports:  # the key of the session's endpoint (see below)
             return await send_chat(transports, request, bounds=bounds, max_retries=max_retries, backoff_s=0.05)
 
     return asyncio.run(main())
@@ -85,12 +85,14 @@ def test_the_serve_data_plane_and_the_http_endpoint_bound_silence_the_same_way(r
     from serve_apps.ingress import engine_app_name
 
     base = dict(kind="sim", cpus_per_replica=0, startup_timeout_s=120, sim_output_tokens=None)
-    endpoint = Endpoint(ServeConfig(port=0, engine=EngineConfig(**base))).start()
+    # With the session's key: after the shared endpoint fixture, this joins its Serve and its ingress, which
+    # answers key holders only (without it, the readiness check waited out its deadline in the full suite).
+    endpoint = Endpoint(ServeConfig(port=0, api_key=API_KEY, engine=EngineConfig(**base))).start()
     slow = EngineConfig(**base, sim_ttft_s=0.2, sim_tpot_s=0.25)
     silent = EngineConfig(**base, sim_ttft_s=60, sim_tpot_s=0.01)
-    endpoint.add_models([ModelConfig(model="sim-steady")], engine=slow)
-    endpoint.add_models([ModelConfig(model="sim-silent")], engine=silent)
     try:
+        endpoint.add_models([ModelConfig(model="sim-steady")], engine=slow)
+        endpoint.add_models([ModelConfig(model="sim-silent")], engine=silent)
         steady = Bounds(idle_s=4, first_token_s=30)  # 40 tokens over 10 s, a token every 0.25 s
         for where in (serve_endpoint(engine_app_name("sim-steady")), endpoint.url):
             res = send(where, steady, max_tokens=40, model="sim-steady")
@@ -100,6 +102,6 @@ def test_the_serve_data_plane_and_the_http_endpoint_bound_silence_the_same_way(r
             res = send(where, Bounds(idle_s=30, first_token_s=1.0), max_tokens=4, max_retries=0, model="sim-silent")
             assert res.status == "failed", where
             assert res.error is not None and "no first token within 1 s" in res.error, (where, res.error)
-    finally:
+    finally:  # also after a failed deploy: nothing may linger for the tests that list the endpoint's models
         endpoint.remove_model("sim-steady")
         endpoint.remove_model("sim-silent")
