@@ -52,7 +52,8 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     """Run (or resume) a sweep; returns once every checkpoint is evaluated (with `sweep.watch`: once idle)."""
     if job.serve.api_key and not job.eval.api_key:
         job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
-    check_installed(job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers)
+    tracker_names = job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers
+    check_installed(tracker_names)  # before anything starts
     datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir)}
     checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
     mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
@@ -64,8 +65,8 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     events = EventLog(sweep_dir.root / "events.jsonl")
     simulated = job.serve.engine.kind == "sim"
 
-    trackers = open_trackers(job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers,
-                             tracker_logdir(job.sweep.logdir or job.eval.logdir, sweep_dir), sweep_dir.root)
+    trackers = open_trackers(tracker_names, tracker_logdir(job.sweep.logdir or job.eval.logdir, sweep_dir),
+                             sweep_dir.root)
 
     def report(final: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         summary, table = write_reports(sweep_dir, job, store, datasets, sweep, simulated)
