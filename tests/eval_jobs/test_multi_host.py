@@ -66,11 +66,23 @@ def run_here(sim: SimulatedCluster, module: str, config: Path, timeout_s: float 
 
 def submit(sim: SimulatedCluster, module: str, config: Path, timeout_s: float = 400) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir REPO -- python -m MODULE CONFIG` to the head's dashboard: the driver runs on
-    the head, from the uploaded copy of the repository."""
+    the head, from the uploaded copy of the repository. A job still running at the deadline is stopped, and the
+    failure shows what its driver printed (the submit command's own output ends at "Tailing logs")."""
+    from ray.job_submission import JobSubmissionClient
+
     env = dict(os.environ, **sim.state.client_env())
+    job_id = f"test-{module}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", sim.dashboard_url,
-           "--working-dir", str(REPO_ROOT), "--", sys.executable, "-m", module, str(config)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+           "--submission-id", job_id, "--working-dir", str(REPO_ROOT), "--", sys.executable, "-m", module,
+           str(config)]
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        jobs = JobSubmissionClient(sim.dashboard_url)
+        status, logs = jobs.get_job_status(job_id), jobs.get_job_logs(job_id)
+        jobs.stop_job(job_id)
+        raise AssertionError(f"job {job_id} still {status} after {timeout_s:.0f} s; its driver printed:\n"
+                             f"{logs[-6000:]}") from None
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:
@@ -283,6 +295,12 @@ def test_host_killed_mid_sweep_its_checkpoint_is_deployed_again_elsewhere(three_
 def test_endpoint_on_every_host_with_proxy_location_every_node(hosts, tmp_path):
     """Where a person reaches the shared endpoint: with EveryNode, the head and every host that runs a replica
     serve it on their own 127.0.0.1 (Ray Serve starts proxies on the nodes that have replicas, and the head)."""
+    # A running Serve keeps the HTTP settings it was started with (the earlier tests' is HeadOnly): start afresh,
+    # as a person would, with Ray's own `serve shutdown`.
+    shutdown = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "shutdown", "-a", hosts.dashboard_url, "-y"],
+                              env=dict(os.environ, **hosts.state.client_env()), capture_output=True, text=True,
+                              timeout=120)
+    assert shutdown.returncode == 0, shutdown.stderr[-2000:]
     port = free_port()  # free on this machine; every other host has a network stack of its own
     config = write_config(tmp_path / "serve.yaml", {
         "cluster": hosts.cluster_section(),
