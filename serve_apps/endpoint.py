@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +20,7 @@ from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.errors import ConfigError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
-from serve_apps.errors import EngineStartupError, ModelNotFoundError
+from serve_apps.errors import EngineStartupError, ModelNotFoundError, WaitCancelled
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class Endpoint:
         self.cfg = cfg
         self.host = cfg.host
         self.port = cfg.port
-        self._models: dict[str, ModelConfig] = {}
+        self._models: dict[str, ModelConfig] = {}  # what this Endpoint deployed: all `stop` removes
+        self._started_serve = False  # Serve's controller and proxy were started by this Endpoint
 
     @property
     def url(self) -> str:
@@ -54,6 +56,7 @@ class Endpoint:
             # Checked where the proxy will bind (the head), which need not be this driver's host. Serve's proxy
             # would retry a taken port forever, and we would wait on it.
             self.port = on_head(_bindable_port, self.host, self.port)
+            self._started_serve = True
         serve.start(
             proxy_location=self.cfg.proxy_location,
             http_options={"host": self.cfg.host, "port": self.port,
@@ -66,7 +69,11 @@ class Endpoint:
         self.host, self.port = http.host, http.port
         if INGRESS_APP not in serve.status().applications:
             serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
-        self.add_models(self.cfg.models)
+        try:
+            self.add_models(self.cfg.models)
+        except BaseException:  # one checkpoint failed (or Ctrl-C): the ones already deployed must not linger
+            self.stop()
+            raise
         return self
 
     def add_models(
@@ -97,17 +104,22 @@ class Endpoint:
             serve.RunTarget(build_engine_app(m, engine, node_address), name=engine_app_name(m.name), route_prefix=None)
             for m in models
         ]
-        serve.run_many(targets, wait_for_applications_running=False)
+        # Recorded before anything is deployed: an app that run_many started and then failed is still ours.
         self._models.update({m.name: m for m in models})
+        serve.run_many(targets, wait_for_applications_running=False)
         if wait:
-            self.wait_ready([m.name for m in models])
+            self.wait_ready([m.name for m in models], timeout_s=engine.startup_timeout_s + 60)
 
-    def wait_ready(self, names: list[str], timeout_s: float | None = None) -> None:
+    def wait_ready(self, names: list[str], timeout_s: float | None = None,
+                   cancel: threading.Event | None = None) -> None:
         """Wait until each named checkpoint's app is RUNNING and the endpoint lists it; a failed deploy raises with
-        the engine's own error (its last log lines)."""
+        the engine's own error (its last log lines). Setting `cancel` ends the wait within a second
+        (`WaitCancelled`): a sweep being stopped does not wait out an engine's start."""
         deadline = time.monotonic() + (timeout_s or self.cfg.engine.startup_timeout_s + 60)
         pending = set(names)
         while pending:
+            if cancel is not None and cancel.is_set():
+                raise WaitCancelled(f"stopped while waiting for {sorted(pending)}")
             apps = serve.status().applications
             for name in list(pending):
                 app = apps.get(engine_app_name(name))
@@ -133,6 +145,23 @@ class Endpoint:
         serve.delete(engine_app_name(name), _blocking=True)
         self._models.pop(name, None)
 
+    def stop(self) -> None:
+        """Remove what this Endpoint deployed, nothing else: on a shared cluster a sweep or another `serve` may be
+        using the same Serve instance. The ingress goes once no checkpoint at all is served (the last one out);
+        Serve itself is shut down only if this Endpoint started it and nothing else runs on it."""
+        for name in list(self._models):
+            try:
+                self.remove_model(name)
+            except Exception as exc:  # keep retiring the others; Serve deletes are idempotent on a rerun
+                log.warning("could not retire %s: %s", name, exc)
+        if self.served_models():
+            return
+        apps = serve.status().applications
+        if INGRESS_APP in apps:
+            serve.delete(INGRESS_APP, _blocking=True)
+        if self._started_serve and not (set(apps) - {INGRESS_APP}):
+            serve.shutdown()
+
     @staticmethod
     def served_models() -> list[str]:
         """Checkpoints deployed on this cluster (any state but deleting)."""
@@ -149,6 +178,7 @@ class Endpoint:
         return handle.engine_info.remote().result()
 
     def shutdown(self) -> None:
+        """Shut Serve down with every application on it (whoever deployed them): for a Serve of one's own only."""
         serve.shutdown()
 
 
