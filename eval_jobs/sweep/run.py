@@ -3,8 +3,10 @@
 
 config → checkpoints (discover, convert) → cluster (connect) → serve (the shared endpoint; checkpoints deployed
 and retired by the scheduler) → eval (per checkpoint, queue + client actors, one durable store for the sweep) →
-report (per-checkpoint summary plus the sweep's curve, comparisons and learning curves). Running again on the
-same output directory resumes: finished checkpoints are not deployed again, finished samples never re-sent.
+report (per-checkpoint summary plus the sweep's curve, comparisons and learning curves). Each checkpoint is scored
+once, when its samples are done, in a thread of its own (`scores.py`); the report is rewritten from those scores.
+Running again on the same output directory resumes: finished checkpoints are not deployed again, finished samples
+never re-sent. Ctrl-C or SIGTERM stops within seconds (deployments retired, finished samples kept).
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import pandas as pd
 
 from cluster.connection import ray_session
 from cluster.errors import run_command
-from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.report import print_summary, samples_frame, write_config, write_report
-from eval_jobs.run import output_dir, score
-from eval_jobs.scoring import summarize
+from eval_jobs.datasets import load_datasets
+from eval_jobs.report import print_summary, write_config, write_report
+from eval_jobs.run import output_dir
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.sweep.checkpoints import Watcher, discover
 from eval_jobs.sweep.config import SweepJobConfig, load_sweep_config
 from eval_jobs.sweep.report import checkpoint_order, print_sweep, write_sweep_report
 from eval_jobs.sweep.scheduler import EventLog, Sweep
+from eval_jobs.sweep.scores import CheckpointScorer, OnScored
 
 log = logging.getLogger("evalcluster.sweep")
 
@@ -43,8 +45,9 @@ class SweepResult:
         return 1 if self.failed or self.failed_samples else 0
 
 
-def run_sweep(job: SweepJobConfig) -> SweepResult:
-    """Run (or resume) a sweep; returns once every checkpoint is evaluated (with `sweep.watch`: once idle)."""
+def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepResult:
+    """Run (or resume) a sweep; returns once every checkpoint is evaluated and scored (with `sweep.watch`: once
+    idle). `on_scored(checkpoint, summary_rows)` is called once per checkpoint as its scores are known."""
     if job.serve.api_key and not job.eval.api_key:
         job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
     datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir)}
@@ -58,38 +61,52 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     events = EventLog(sweep_dir.root / "events.jsonl")
     simulated = job.serve.engine.kind == "sim"
 
-    def report() -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        return write_reports(sweep_dir, job, store, datasets, sweep.checkpoints, simulated)
+    def scored(name: str, summary: pd.DataFrame) -> None:
+        # In the scoring thread: the report follows the sweep as it goes (from kept scores: pandas, no judging).
+        write_reports(sweep_dir, job, scorer, sweep.checkpoints, simulated)
+        if on_scored is not None and not summary.empty:
+            on_scored(name, summary)
+
+    scorer = CheckpointScorer(datasets, job.eval.k, events, simulated=simulated, on_scored=scored)
 
     with ray_session(job.cluster):
         from serve_apps.endpoint import Endpoint
 
         endpoint = Endpoint(job.serve).start()
-        sweep = Sweep(job, endpoint, list(datasets.values()), store, events, on_retired=report)
+        sweep = Sweep(job, endpoint, list(datasets.values()), store, events, scorer)
         sweep.run(checkpoints, watcher)
-    summary, table = report()
+    scorer.wait()
+    scorer.close()
+    summary, table = write_reports(sweep_dir, job, scorer, sweep.checkpoints, simulated)
     if not summary.empty:
         print_summary(summary, simulated=simulated)
     if table is not None:
         print_sweep(table)
     print(f"sweep report: {(sweep_dir.root / ('summary.html' if simulated else 'sweep.html')).resolve()}")
-    records = [r for r in store.load() if r.model in sweep.checkpoints]
-    return SweepResult(summary if table is None else table, dict(sweep.failed),
-                       sum(r.status != "ok" for r in records))
+    failed = dict(sweep.failed)
+    for name, datasets_failed in scorer.failed.items():
+        for dataset, reason in datasets_failed.items():
+            failed[f"{name} / {dataset}"] = f"not scored: {reason}"
+            print(f"{name} / {dataset}: not scored: {reason}", file=sys.stderr)
+    records = [r for by_key in sweep.records.values() for r in by_key.values() if r.model in sweep.checkpoints]
+    return SweepResult(summary if table is None else table, failed, sum(r.status != "ok" for r in records))
 
 
-def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, datasets: dict[str, EvalDataset],
+def write_reports(sweep_dir: RunDir, job: SweepJobConfig, scorer: CheckpointScorer,
                   checkpoints: dict[str, int | None], simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*); returns
-    (summary table, checkpoint table or None)."""
-    records = [r for r in store.load() if r.model in checkpoints]
-    if not records:
+    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*) from the
+    scorer's per-checkpoint results (nothing is judged again here); returns (summary table, checkpoint table or
+    None)."""
+    frame, summary = scorer.results()
+    if frame.empty:
         return pd.DataFrame(), None
+    frame = frame[frame["model"].isin(list(checkpoints))].reset_index(drop=True)
     if simulated:
-        return write_report(sweep_dir, samples_frame(records), None, simulated=True, config=job,
+        return write_report(sweep_dir, frame, None, simulated=True, config=job,
                             title="evalcluster sweep (simulated engines)"), None
-    frame = score(records, datasets)
-    summary = summarize(frame, job.eval.k)
+    if summary.empty:
+        return write_report(sweep_dir, frame, None, config=job, title="evalcluster sweep: per checkpoint"), None
+    summary = summary[summary["model"].isin(list(checkpoints))].reset_index(drop=True)
     table = write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
     order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
     return table, write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note)

@@ -1,0 +1,85 @@
+"""Scoring checkpoint by checkpoint with AISBench's own evaluator (eval_jobs.sweep.scores): each checkpoint is judged
+once, in the scorer's thread, into the summary rows `summarize` gives; an evaluator that raises fails that
+checkpoint's dataset with its reason, and the other datasets and checkpoints are still scored."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from eval_jobs.datasets import load_datasets, resolve_config
+from eval_jobs.records import SampleResult
+from eval_jobs.run import score
+from eval_jobs.scoring import summarize
+from eval_jobs.sweep.scheduler import EventLog
+from eval_jobs.sweep.scores import CheckpointScorer
+
+DEMO = "demo_arith_gen_0_shot_chat_prompt"
+
+
+def broken_config(tmp_path: Path) -> Path:
+    """The demo dataset under another name, with a postprocessor configured without the `options` it needs: AISBench
+    raises (TypeError) the moment it judges an answer, as a mistyped dataset config does."""
+    text = resolve_config(DEMO).read_text()
+    text = text.replace('abbr="demo_arith"', 'abbr="demo_arith_broken"')
+    text = text.replace("pred_postprocessor=dict(type=math_postprocess_v2)", "pred_postprocessor=dict(type=first_option_postprocess)")
+    text = text.replace("from ais_bench.benchmark.openicl.icl_prompt_template",
+                        "from ais_bench.benchmark.utils.postprocess.text_postprocessors import first_option_postprocess\n"
+                        "from ais_bench.benchmark.openicl.icl_prompt_template")
+    path = tmp_path / "demo_arith_broken_gen.py"
+    path.write_text(text)
+    return path
+
+
+def answers(data_dir: Path) -> list[str]:
+    path = data_dir / "ais_bench/datasets/demo_arith/demo_arith.jsonl"
+    return [json.loads(line)["answer"] for line in path.read_text().splitlines()]
+
+
+def result(model: str, dataset: str, index: int, text: str) -> SampleResult:
+    return SampleResult(model=model, dataset=dataset, index=index, repeat=0, status="ok", endpoint="test",
+                        prompt=[{"role": "user", "content": "q"}], response=text, started_at=time.time())
+
+
+def test_each_checkpoint_is_scored_once_and_a_failing_evaluator_fails_only_its_dataset(data_dir, tmp_path):
+    good = load_datasets(DEMO, data_dir)[0]
+    broken = load_datasets(broken_config(tmp_path), data_dir)[0]
+    truth = answers(data_dir)
+    # a: the first two of four right; b: all four right. Both also answered the broken dataset.
+    records = {
+        "a": [result("a", good.name, i, f"\\boxed{{{truth[i] if i < 2 else 999}}}") for i in range(4)],
+        "b": [result("b", good.name, i, f"The answer is \\boxed{{{truth[i]}}}") for i in range(4)],
+    }
+    for name in records:
+        records[name] += [result(name, broken.name, i, f"\\boxed{{{truth[i]}}}") for i in range(2)]
+    events = EventLog(tmp_path / "events.jsonl")
+    seen: list[tuple[str, pd.DataFrame]] = []
+    scorer = CheckpointScorer({good.name: good, broken.name: broken}, None, events,
+                              on_scored=lambda name, summary: seen.append((name, summary)))
+    for name, recs in records.items():
+        scorer.submit(name, recs)
+    scorer.wait()
+
+    # One call per checkpoint, in order, with exactly the rows summarize gives for that checkpoint's samples.
+    assert [name for name, _ in seen] == ["a", "b"]
+    for name, summary in seen:
+        expected = summarize(score([r for r in records[name] if r.dataset == good.name], {good.name: good}))
+        pd.testing.assert_frame_equal(summary.reset_index(drop=True), expected)
+    accuracy = {name: s.loc[s["metric"] == "accuracy", "value"].item() for name, s in seen}
+    assert accuracy == {"a": 0.5, "b": 1.0}
+    # The broken dataset failed for each checkpoint with AISBench's own reason; nothing else failed.
+    assert set(scorer.failed) == {"a", "b"}
+    for name in ("a", "b"):
+        assert list(scorer.failed[name]) == [broken.name]
+        assert "options" in scorer.failed[name][broken.name]
+    log = events.read()
+    assert [e["checkpoint"] for e in log if e["event"] == "scored"] == ["a", "b"]  # once each
+    assert sorted((e["checkpoint"], e["dataset"]) for e in log if e["event"] == "score-failed") == \
+        [("a", broken.name), ("b", broken.name)]
+    frame, summary = scorer.results()
+    assert sorted(set(zip(frame["model"], frame["dataset"]))) == [("a", good.name), ("b", good.name)]
+    assert frame["correct"].tolist() == [True, True, False, False, True, True, True, True]
+    assert sorted(summary["model"].unique()) == ["a", "b"]
