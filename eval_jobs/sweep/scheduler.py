@@ -185,10 +185,14 @@ class Sweep:
                 # Ctrl-C (or a bug): every thread sees `stop` within a second, abandons its samples in flight and
                 # retires its deployment; leaving the `with` then waits only for that.
                 self.stop.set()
+                names = [p.checkpoint.name for p in active.values()]
+                self.events.write("stop", "", deployed=names)
                 for p in pending:
                     if p.conversion is not None:
                         ray.cancel(p.conversion, force=True)
-                log.warning("stopping: retiring %d deployment(s)", len(active))
+                log.warning("stopping: retiring %d deployment(s)", len(names))
+                with self._serve_lock:  # all at once; each thread's own retirement then finds its app gone
+                    self.endpoint.remove_models(names)
                 raise
 
     def _loop(self, pool: concurrent.futures.ThreadPoolExecutor, nodes: Sequence[NodeCapacity], ledger: Ledger,

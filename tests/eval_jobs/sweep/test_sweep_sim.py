@@ -191,8 +191,11 @@ def test_ctrl_c_stops_within_seconds_retires_everything_and_a_rerun_resumes(sim_
     os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     t0 = time.monotonic()
     assert driver.wait(timeout=45) == 130, driver_log(config)  # a bound, not a measurement: see the report
-    print(f"stopped {time.monotonic() - t0:.1f} s after Ctrl-C")
+    exited = time.time()
     stopped = events(sweep_dir)
+    stop = next(e["t"] for e in stopped if e["event"] == "stop")
+    print(f"Ctrl-C → exit {time.monotonic() - t0:.1f} s; stop → last retired "
+          f"{max(e['t'] for e in stopped if e['event'] == 'retired') - stop:.1f} s; stop → exit {exited - stop:.1f} s")
     deployed = [e["checkpoint"] for e in stopped if e["event"] == "deploy"]
     assert deployed and sorted(deployed) == sorted(e["checkpoint"] for e in stopped if e["event"] == "retired")
     kept = store.load()
