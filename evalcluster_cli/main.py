@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pass
         finally:
             # Only what this command deployed: on a joined cluster a sweep or another `serve` may share Serve.
-            print("stopping: retiring this endpoint's checkpoints", flush=True)
+            print("shutting down the endpoint (only what this command deployed)", flush=True)
             endpoint.stop()
     return 0
 
