@@ -10,28 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval_jobs.datasets import load_datasets, resolve_config
+from eval_jobs.datasets import load_datasets
 from eval_jobs.records import SampleResult
 from eval_jobs.run import score
 from eval_jobs.scoring import summarize
 from eval_jobs.sweep.scheduler import EventLog
 from eval_jobs.sweep.scores import CheckpointScorer
+from shared import broken_config
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
-
-
-def broken_config(tmp_path: Path) -> Path:
-    """The demo dataset under another name, with a postprocessor configured without the `options` it needs: AISBench
-    raises (TypeError) the moment it judges an answer, as a mistyped dataset config does."""
-    text = resolve_config(DEMO).read_text()
-    text = text.replace('abbr="demo_arith"', 'abbr="demo_arith_broken"')
-    text = text.replace("pred_postprocessor=dict(type=math_postprocess_v2)", "pred_postprocessor=dict(type=first_option_postprocess)")
-    text = text.replace("from ais_bench.benchmark.openicl.icl_prompt_template",
-                        "from ais_bench.benchmark.utils.postprocess.text_postprocessors import first_option_postprocess\n"
-                        "from ais_bench.benchmark.openicl.icl_prompt_template")
-    path = tmp_path / "demo_arith_broken_gen.py"
-    path.write_text(text)
-    return path
 
 
 def answers(data_dir: Path) -> list[str]:

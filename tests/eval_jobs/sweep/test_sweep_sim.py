@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -23,6 +24,7 @@ from cluster.simulate import simulate_up
 from eval_jobs.store import SampleStore
 from eval_jobs.sweep.scheduler import peak_devices
 from ms_export import export_ckpt
+from shared import broken_config
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
 NPUS = 4
@@ -314,3 +316,37 @@ def test_an_endpoint_stopped_part_way_through_its_start_retires_what_it_deployed
     finally:
         os.killpg(other.pid, signal.SIGINT)
         other.wait(timeout=120)
+
+
+@pytest.mark.engine
+def test_a_sweep_scores_each_checkpoint_once_and_an_evaluator_failure_fails_only_its_dataset(
+        sim_cluster, data_dir, tiny_model, tmp_path):
+    """Real vLLM CPU engines (tiny-qwen2) on the simulated hosts, AISBench's evaluator; one dataset whose
+    postprocessor raises (test_scores.broken_config)."""
+    config = sweep_config(tmp_path, sim_cluster, data_dir, {
+        "checkpoints": [{"path": str(tiny_model), "name": "tiny-a", "step": 1},
+                        {"path": str(tiny_model), "name": "tiny-b", "step": 2}],
+        "serving": {"dtype": "float32", "max_model_len": 512}, "max_concurrent": 1})
+    job = yaml.safe_load(config.read_text())
+    job["serve"]["engine"] = {"platform": "cpu", "cpus_per_replica": 1, "omp_num_threads": 1,
+                              "startup_timeout_s": 600}
+    job["eval"].update(datasets=[DEMO, str(broken_config(tmp_path))], limit=2, timeout_s=120)
+    config.write_text(yaml.safe_dump(job))
+    sweep_dir = tmp_path / "sweep"
+    driver = start_driver(config, sim_cluster)
+    try:
+        assert driver.wait(timeout=900) == 1, driver_log(config)  # 1: a dataset could not be scored
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    log = events(sweep_dir)
+    assert sorted(e["checkpoint"] for e in log if e["event"] == "scored") == ["tiny-a", "tiny-b"]  # once each
+    assert sorted(e["checkpoint"] for e in log if e["event"] == "retired") == ["tiny-a", "tiny-b"]
+    failed = [(e["checkpoint"], e["dataset"]) for e in log if e["event"] == "score-failed"]
+    assert sorted(failed) == [("tiny-a", "demo_arith_broken"), ("tiny-b", "demo_arith_broken")]
+    assert "tiny-b / demo_arith_broken: not scored:" in driver_log(config)
+    # The other dataset is in the report for both checkpoints, as summarize's rows.
+    curve = pd.read_csv(sweep_dir / "sweep.csv")
+    assert sorted(zip(curve["checkpoint"], curve["dataset"])) == [("tiny-a", "demo_arith"), ("tiny-b", "demo_arith")]
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(summary.loc[summary["metric"] == "accuracy", "model"]) == {"tiny-a", "tiny-b"}
