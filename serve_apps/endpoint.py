@@ -147,7 +147,10 @@ class Endpoint:
 
     def remove_models(self, names: Iterable[str], timeout_s: float = 120.0) -> None:
         """Retire several checkpoints at once: Serve deletes them side by side instead of one after another."""
+        names = list(names)
         apps = {engine_app_name(n) for n in names}
+        if not apps:
+            return
         for app in apps:
             serve.delete(app, _blocking=False)
         deadline = time.monotonic() + timeout_s
@@ -160,6 +163,8 @@ class Endpoint:
         """Remove what this Endpoint deployed, nothing else: on a shared cluster a sweep or another `serve` may be
         using the same Serve instance. The ingress goes once no checkpoint at all is served (the last one out);
         Serve itself is shut down only if this Endpoint started it and nothing else runs on it."""
+        if _get_global_client(raise_if_no_controller_running=False) is None:
+            return  # Serve never started (the start failed before it): nothing of ours can be running
         try:
             self.remove_models(list(self._models))
         except Exception as exc:  # a rerun retires what is left (Serve deletes are idempotent)

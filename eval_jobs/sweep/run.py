@@ -63,7 +63,8 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
 
     def scored(name: str, summary: pd.DataFrame) -> None:
         # In the scoring thread: the report follows the sweep as it goes (from kept scores: pandas, no judging).
-        write_reports(sweep_dir, job, scorer, sweep.checkpoints, simulated)
+        # A copy: the scheduler adds checkpoints (watch) while this thread reads them.
+        write_reports(sweep_dir, job, scorer, dict(sweep.checkpoints), simulated)
         if on_scored is not None and not summary.empty:
             on_scored(name, summary)
 
