@@ -9,7 +9,7 @@ ENGINE_PY := $(ENGINE_VENV)/bin/python
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: all env engine-env models demo demo-sweep test test-faults bench clean-runs
+.PHONY: all env engine-env models demo demo-sweep test test-faults bench coverage clean-runs
 
 all: env engine-env models
 
@@ -50,6 +50,10 @@ test: env engine-env models
 
 test-faults: env engine-env models
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+# Which AISBench dataset configs load, render and score here (tiny data file per config, real evaluators).
+coverage: env
+	$(VENV)/bin/evalcluster datasets --check --output docs/coverage.md
 
 bench: env engine-env models
 	$(PY) -m bench.run

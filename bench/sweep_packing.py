@@ -1,7 +1,8 @@
 """Benchmark 4: how close a sweep comes to ideal packing of checkpoints onto the NPUs.
 
 16 checkpoints of mixed tensor-parallel sizes (4 × tp8, 4 × tp4, 8 × tp2: 64 NPUs' worth) on a simulated cluster
-of 4 nodes × 8 NPUs, served by the simulated-latency engine, so each checkpoint's evaluation takes a time known in
+of 4 nodes × 8 NPUs, each node a host of its own (a network namespace: cluster.simulate), served by the
+simulated-latency engine, so each checkpoint's evaluation takes a time known in
 advance: T = ⌈samples / in-flight⌉ × (TTFT + (tokens − 1) × TPOT). All checkpoints take the same T, so no schedule
 can beat T × (the fewest groups that each fit on the cluster at once) — here 2 (64 NPUs on 32). Two ratios of the
 sweep's makespan (first deploy to last retire): over ideal packing of what each checkpoint really held (its NPUs
@@ -75,7 +76,7 @@ def main() -> None:
         with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2, connect=False) as sim:
             config = root / "sweep.yaml"
             config.write_text(yaml.safe_dump({
-                "cluster": {"address": sim.address, "node_ip_address": sim.head_ip},
+                "cluster": sim.cluster_section(),
                 "serve": {"port": 0, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
                                                 "sim_ttft_s": TTFT_S, "sim_tpot_s": TPOT_S,
                                                 "sim_output_tokens": TOKENS, "startup_timeout_s": 300}},
@@ -84,7 +85,8 @@ def main() -> None:
                 "sweep": {"checkpoints": sources},
             }))
             t0 = time.perf_counter()
-            driver = subprocess.run([sys.executable, "-m", "eval_jobs.sweep", str(config)], env={**os.environ, **sim.env},
+            driver = subprocess.run([sys.executable, "-m", "eval_jobs.sweep", str(config)],
+                                    env={**os.environ, **sim.state.client_env()},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
             wall = time.perf_counter() - t0
         if driver.returncode:

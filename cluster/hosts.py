@@ -86,6 +86,9 @@ class HostNetwork:
     hosts: list[SimHost]
     machine_ip: str
     owner_pid: int = field(default_factory=os.getpid)
+    # Process groups on this machine's own side (its Ray node): outside every namespace, so named here to be
+    # stopped with the network.
+    adopted: list[int] = field(default_factory=list)
 
     @property
     def isolated(self) -> bool:
@@ -103,12 +106,19 @@ class HostNetwork:
         if self.isolated:
             _write_owner(self)
 
+    def adopt(self, pgid: int) -> None:
+        """Stop process group `pgid` (started on this machine for this network) whenever the network goes."""
+        self.adopted.append(pgid)
+        if self.isolated:
+            _write_owner(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> HostNetwork:
-        return cls(data["subnet"], [SimHost(**h) for h in data["hosts"]], data["machine_ip"], data["owner_pid"])
+        return cls(data["subnet"], [SimHost(**h) for h in data["hosts"]], data["machine_ip"], data["owner_pid"],
+                   list(data.get("adopted", [])))
 
 
 def namespaces_available() -> bool:
@@ -180,17 +190,20 @@ def destroy_network(net: HostNetwork, *, grace_s: float = 5.0) -> None:
         time.sleep(0.2)
     for h in hosts:
         h.kill(signal.SIGKILL)
+    _kill_groups(net.adopted)
     _remove_namespaces(net.subnet)
 
 
 def clean_stale() -> list[str]:
     """Remove the networks whose owner process is gone (a crashed run): their processes first, then them."""
-    owners = _read_owners()
+    records = _read_records()
     removed = []
     for subnet in sorted(_subnets_in_use()):
-        owner = owners.get(subnet)
+        record = records.get(subnet, {})
+        owner = record.get("owner_pid")
         if owner is not None and _alive(owner):
             continue
+        _kill_groups(record.get("adopted", []))
         for ns in _namespaces_of(subnet):
             for pid in SimHost("", "", ns).kill():
                 log.warning("stopped pid %d left in stale simulated host %s", pid, ns)
@@ -224,7 +237,7 @@ def _subnets_in_use() -> set[int]:
     """Subnets with a namespace or an owner record (a half-built network has either)."""
     pattern = re.compile(rf"^{NETNS_PREFIX}-(\d+)-h\d+$")
     found = {int(m.group(1)) for ns in _all_namespaces() if (m := pattern.match(ns))}
-    return found | set(_read_owners())
+    return found | set(_read_records())
 
 
 def _free_subnet() -> int:
@@ -242,16 +255,24 @@ def _write_owner(net: HostNetwork) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     path = STATE_DIR / f"{net.subnet}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"owner_pid": net.owner_pid}))
+    tmp.write_text(json.dumps({"owner_pid": net.owner_pid, "adopted": net.adopted}))
     tmp.replace(path)
 
 
-def _read_owners() -> dict[int, int]:
-    owners = {}
+def _read_records() -> dict[int, dict]:
+    """Subnet → its owner record ({"owner_pid", "adopted"})."""
+    records = {}
     for path in STATE_DIR.glob("*.json") if STATE_DIR.exists() else []:
         with contextlib.suppress(ValueError, OSError, KeyError):
-            owners[int(path.stem)] = int(json.loads(path.read_text())["owner_pid"])
-    return owners
+            data = json.loads(path.read_text())
+            records[int(path.stem)] = {"owner_pid": int(data["owner_pid"]), "adopted": data.get("adopted", [])}
+    return records
+
+
+def _kill_groups(pgids: list[int]) -> None:
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

@@ -2,8 +2,7 @@
 
     state = cluster_up(head=True, npus="auto", accelerator_type="Ascend910B")   # this machine: the head
     state = cluster_up(address="10.0.0.1:6379", npus="auto", node_ip_address="10.0.0.2", token_path=...)
-    print(format_status(cluster_status()))
-    cluster_down()
+    cluster_down()                    # (what runs where: cluster.status)
 
 Each node is a `ray start --block` process started in its own session, its pid recorded in `<evalcluster
 home>/cluster/state.json`; `cluster_down` signals those pids only, so other Ray instances on the same machine
@@ -35,13 +34,6 @@ from cluster.connection import ensure_auth_token
 from cluster.errors import ClusterConnectionError, ConfigError
 from cluster.hosts import HostNetwork, destroy_network
 from cluster.paths import REPO_ROOT, evalcluster_home
-from cluster.planner import (
-    dashboard_url,
-    describe_resources,
-    nodes_from_ray,
-    split_replica_class_name,
-    supervisor_model,
-)
 
 AuthMode = Literal["token", "disabled"]
 STARTED_MARKER = "Ray runtime started."
@@ -212,7 +204,7 @@ def ray_start_command(
     if node_ip:
         cmd += ["--node-ip-address", node_ip]
     if num_cpus is not None:
-        cmd += ["--num-cpus", _int_or_float(num_cpus)]
+        cmd += ["--num-cpus", int_or_float(num_cpus)]
     if num_gpus is not None:
         cmd += ["--num-gpus", str(num_gpus)]
     if resources:
@@ -220,7 +212,7 @@ def ray_start_command(
     return cmd + list(extra_args)
 
 
-def _int_or_float(value: float) -> str:
+def int_or_float(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
@@ -408,140 +400,3 @@ def cluster_down(timeout_s: float = 30.0) -> list[int]:
         destroy_network(HostNetwork.from_dict(state.network))
     state_path().unlink(missing_ok=True)
     return stopped
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """One node as `cluster status` shows it."""
-
-    node_id: str
-    address: str
-    is_head: bool
-    total: dict[str, float]
-    available: dict[str, float]
-    models: dict[str, int]  # served model → engine replicas on this node
-
-
-def node_statuses(
-    ray_nodes: Sequence[Mapping[str, Any]],
-    available: Mapping[str, Mapping[str, float]],
-    actors: Sequence[Any],
-) -> list[NodeStatus]:
-    """Pure part of `cluster_status`: `ray.nodes()`, free resources per node, ALIVE actors (state API)."""
-    models: dict[str, dict[str, int]] = {}
-    for actor in actors:
-        get = actor.get if isinstance(actor, Mapping) else lambda k, a=actor: getattr(a, k, None)
-        split = split_replica_class_name(get("class_name") or "")
-        model = supervisor_model(*split) if split else None
-        if model and get("state") == "ALIVE" and get("node_id"):
-            per_node = models.setdefault(get("node_id"), {})
-            per_node[model] = per_node.get(model, 0) + 1
-    return [
-        NodeStatus(
-            n.node_id, n.address, n.is_head, dict(n.total), dict(n.available), models.get(n.node_id, {})
-        )
-        for n in nodes_from_ray(ray_nodes, available)
-    ]
-
-
-def cluster_status(address: str | None = None) -> list[NodeStatus]:
-    """Nodes, their NPU/GPU/CPU totals and free amounts, and the models each serves.
-
-    Uses the connected Ray if `ray.init` was done, else reads the GCS of `address` (default: the cluster
-    `cluster up` started) without registering a driver.
-    """
-    import ray
-
-    state = load_state() if address is None else None
-    if state is not None and not ray.is_initialized():
-        # The recorded cluster's auth mode and token win over whatever the shell has: they are what it was
-        # started with. Refreshing RayConfig makes an already imported Ray see them (as Ray's own token setup
-        # does).
-        from ray._raylet import Config
-
-        os.environ.update({k: v for k, v in state.client_env().items() if k != "RAY_ADDRESS"})
-        Config.initialize("")
-    if ray.is_initialized():
-        from ray._private.state import available_resources_per_node
-
-        gcs_address = ray.get_runtime_context().gcs_address
-        ray_nodes, available = ray.nodes(), available_resources_per_node()
-    else:
-        if address is None and state is None:
-            raise ClusterConnectionError(
-                "no cluster address given and none started by `evalcluster cluster up`"
-            )
-        gcs_address = address or state.gcs_address  # type: ignore[union-attr]
-        ray_nodes, available = _read_gcs(gcs_address)
-    api_url = state.dashboard_url if state is not None and address is None else None
-    return node_statuses(ray_nodes, available, _alive_actors(gcs_address, api_url or None))
-
-
-def _read_gcs(gcs_address: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Node table and free resources straight from the GCS, as `ray.nodes()` gives them (no driver needed)."""
-    from ray._private.state import GlobalState
-    from ray._raylet import GcsClientOptions
-
-    state = GlobalState()
-    try:
-        state._initialize_global_state(
-            GcsClientOptions.create(
-                gcs_address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False
-            )
-        )
-        return state.node_table(), state.available_resources_per_node()
-    except Exception as exc:  # Ray raises several types here; the user needs the address, not the type
-        raise ClusterConnectionError(f"could not read the Ray cluster at {gcs_address}: {exc}") from exc
-    finally:
-        state.disconnect()
-
-
-def _alive_actors(gcs_address: str, api_url: str | None) -> list[Any]:
-    from ray.util.state import list_actors
-
-    try:
-        api = api_url or dashboard_url(gcs_address)
-        return list_actors(
-            address=api, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False
-        )
-    except Exception:  # no dashboard (started without it) or state API down: nodes still show, models don't
-        return []
-
-
-def format_status(nodes: Sequence[NodeStatus]) -> str:
-    """A plain-text table: one line per node, then cluster totals."""
-
-    def amount(total: Mapping[str, float], free: Mapping[str, float], key: str) -> str:
-        return (
-            "-" if not total.get(key) else f"{_int_or_float(free.get(key, 0.0))}/{_int_or_float(total[key])}"
-        )
-
-    rows = []
-    totals: dict[str, float] = {}
-    free: dict[str, float] = {}
-    for n in sorted(nodes, key=lambda n: (not n.is_head, n.address)):
-        for key in ("NPU", "GPU", "CPU"):
-            totals[key] = totals.get(key, 0.0) + n.total.get(key, 0.0)
-            free[key] = free.get(key, 0.0) + n.available.get(key, 0.0)
-        types = {k: v for k, v in n.total.items() if k.startswith("accelerator_type:")}
-        models = ", ".join(f"{m} x{c}" if c > 1 else m for m, c in sorted(n.models.items())) or "-"
-        rows.append(
-            [
-                n.address + (f" ({describe_resources(types)})" if types else ""),
-                "head" if n.is_head else "worker",
-                *(amount(n.total, n.available, key) for key in ("NPU", "GPU", "CPU")),
-                models,
-            ]
-        )
-    rows.append(
-        [f"total ({len(nodes)} nodes)", "", *(amount(totals, free, key) for key in ("NPU", "GPU", "CPU")), ""]
-    )
-    header = ["NODE", "ROLE", "NPU free/total", "GPU free/total", "CPU free/total", "MODELS"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i in (0, 1, 5) else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
-        ).rstrip()
-        for r in [header, *rows]
-    )

@@ -259,24 +259,11 @@ def live_nodes() -> list[NodeCapacity]:
 
 # -- watchdog: what Ray accepted but can never place ---------------------------------------------------------
 
-# Serve names replica actors and their placement groups SERVE_REPLICA::<app>#<deployment>#<id>.
+# Serve names replica actors and their placement groups SERVE_REPLICA::<app>#<deployment>#<id>, and replica actor
+# classes ServeReplica:<app>:<deployment> (Ray Serve's naming; which deployments serve which model is the serving
+# layer's, passed in as `model_of`).
 SERVE_REPLICA_PREFIX = "SERVE_REPLICA::"
-# serve_apps gives each checkpoint an app "engine:<served model name>" with one EngineSupervisor deployment.
-SUPERVISOR_DEPLOYMENT = "EngineSupervisor"
-ENGINE_APP_PREFIX = "engine:"
-ModelOf = Callable[[str], "str | None"]  # actor or placement group name → model name (None: not a model's)
-
-
-def supervisor_model(app: str, deployment: str) -> str | None:
-    """The model an engine-supervisor deployment serves; None for other deployments.
-
-    `engine:<model>` / `EngineSupervisor` is serve_apps' layout; a deployment named
-    `EngineSupervisor<sep><model>` works too.
-    """
-    if SUPERVISOR_DEPLOYMENT not in deployment:
-        return None
-    model = deployment.replace(SUPERVISOR_DEPLOYMENT, "").strip(":-_#/. ")
-    return model or app.removeprefix(ENGINE_APP_PREFIX) or None
+ModelOf = Callable[[str, str], "str | None"]  # (Serve app, deployment) → the model it serves, None: not a model's
 
 
 def split_replica_class_name(class_name: str) -> tuple[str, str] | None:
@@ -287,13 +274,13 @@ def split_replica_class_name(class_name: str) -> tuple[str, str] | None:
     return app, deployment
 
 
-def _serve_subject(name: str) -> str | None:
+def _serve_subject(name: str, model_of: ModelOf | None) -> str | None:
     """How a message names a Serve replica actor or placement group; None if `name` is not one."""
     if not name.startswith(SERVE_REPLICA_PREFIX):
         return None
     parts = name[len(SERVE_REPLICA_PREFIX) :].split("#")
     app, deployment = (parts[0], parts[1]) if len(parts) >= 3 else ("", parts[0])
-    model = supervisor_model(app, deployment)
+    model = model_of(app, deployment) if model_of else None
     return f"model {model}" if model else f"Serve deployment {deployment} of app {app or 'default'}"
 
 
@@ -304,8 +291,7 @@ def _field(obj: Any, key: str) -> Any:
 
 def _subject(name: str | None, class_name: str | None, model_of: ModelOf | None) -> str:
     name = name or ""
-    model = model_of(name) if model_of else None
-    return f"model {model}" if model else _serve_subject(name) or f"actor {name or class_name or '?'}"
+    return _serve_subject(name, model_of) or f"actor {name or class_name or '?'}"
 
 
 def infeasible_demands(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationInfo
 
 API_KEY_ENV = "EVALCLUSTER_API_KEY"
 REDACTED = "***"
@@ -98,6 +98,11 @@ def check_secret_file(cls: type, value: str | None) -> str | None:
         read_secret_file(value)
         return str(Path(value).expanduser().resolve())
     return value
+
+
+def key_from_file_or_env(cls: type, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+    """Field validator of an `api_key` field beside an `api_key_file` field (declared before it)."""
+    return api_key_from(value, info.data.get("api_key_file"))
 
 
 def api_key_from(given: SecretStr | None, key_file: str | None) -> SecretStr | None:

@@ -144,6 +144,12 @@ class SimulatedCluster:
     def stop(self) -> None:
         stop_simulated(self.state)
 
+    def __enter__(self) -> SimulatedCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def _node_log_dir(log_dir: Path | None) -> Path:
     return log_dir or Path(tempfile.mkdtemp(prefix="evalcluster-sim-"))
@@ -202,6 +208,9 @@ def start_simulated(
         argv = host.command(cmd) if host else cmd
         launches[ip] = (argv, env, log_path)
         proc = launch_ray_node(argv, env, log_path)
+        if host is None and isolated:
+            network.adopt(proc.pid)  # its own session: the pid is its process group
+            state.network = network.to_dict()
         state.nodes.append(StartedNode(proc.pid, role, ip, resources, str(log_path), host.netns if host else None))
         started.append((proc, log_path, what))
         if on_started:

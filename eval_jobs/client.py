@@ -1,7 +1,8 @@
-"""The transport: one streamed chat completion per sample, with a finite timeout and retries.
+"""The transport: one streamed chat completion per sample, with bounds on silence, and retries.
 
     async with Transports(concurrency=32) as transports:
-        result = await send_chat(transports, request, timeout_s=600, max_retries=3, backoff_s=1.0)
+        result = await send_chat(transports, request, bounds=Bounds(idle_s=300, first_token_s=1800),
+                                 max_retries=3, backoff_s=1.0)
         # result.status is "ok" or "failed"; a per-sample failure is a record, never an exception
 
 A request goes where its `endpoint` says: an `http://` URL (any OpenAI-compatible server, through httpx), or
@@ -11,6 +12,13 @@ process is shared by all replicas (the HTTP endpoint funnels every request throu
 its loopback address exists only on the head). Both carry the engine's own bytes, so the stream is read the same
 way. Responses are streamed (SSE) so time to first token can be measured; reasoning content is kept apart from
 the answer, as vLLM sends it (`delta.reasoning_content`, or `delta.reasoning` in newer versions).
+
+Timeouts bound silence, not length (as the OpenAI and httpx clients read a timeout): an attempt ends when no
+first answer data came within `first_token_s` of sending (a request queued behind a full batch, a long prefill),
+or, after that, when no answer data came for `idle_s`; a total cap (`total_s`) is optional. A 32k-token answer
+that streams steadily for an hour is never cut. Every answer is parsed defensively: whatever a server sends
+(wrong shapes or types, truncated UTF-8, huge lines) ends as a failed sample naming the reason, never as an
+exception out of `send_chat`.
 """
 
 from __future__ import annotations
@@ -18,44 +26,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from eval_jobs.records import SampleRequest, SampleResult
+from eval_jobs.sse import (
+    MAX_ERROR_CHARS,
+    Answer,
+    AttemptError,
+    consume,
+    error_message,
+    lines,
+    read_error_body,
+)
 
 SERVE_SCHEME = "serve:"
 CHAT_PATH = "/v1/chat/completions"
 # Longest single backoff sleep, whatever the attempt number or the server's Retry-After says.
 MAX_BACKOFF_S = 60.0
-# How much of an error body is kept in a record's `error`.
-MAX_ERROR_CHARS = 500
+# Connecting is bounded on its own: a refused or unroutable address should be retried soon, not after the
+# first-token wait.
+CONNECT_TIMEOUT_S = 30.0
 
 
-class AttemptError(Exception):
-    """One attempt failed. `retryable` says whether another attempt may succeed."""
+@dataclass(frozen=True)
+class Bounds:
+    """How long one attempt may stay silent. Each is a bound on waiting, never on an answer that is progressing."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
+    idle_s: float  # no answer data for this long, after the first, ends the attempt (eval.timeout_s)
+    first_token_s: float | None = None  # from sending to the first answer data (None: idle_s)
+    total_s: float | None = None  # optional cap on one attempt, end to end (eval.max_request_s)
 
-
-@dataclass
-class _Stream:
-    """What one successful attempt gathered from the stream."""
-
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttft_s: float | None = None
-    latency_s: float | None = None
+    @property
+    def first_s(self) -> float:
+        return self.first_token_s if self.first_token_s is not None else self.idle_s
 
 
 def serve_endpoint(app_name: str) -> str:
@@ -109,8 +119,9 @@ class Transports:
         await self._http.aclose()
 
     @contextlib.asynccontextmanager
-    async def post(self, endpoint: str, body: dict[str, Any], timeout_s: float) -> AsyncIterator[Reply]:
-        """POST a chat body to `endpoint`; the reply is open inside the block, closed after it."""
+    async def post(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[Reply]:
+        """POST a chat body to `endpoint`; the reply is open inside the block, closed after it. Only connecting has
+        a timeout here: how long the answer may stay silent is `send_chat`'s to bound, the same on every transport."""
         if endpoint.startswith(SERVE_SCHEME):
             async with self._post_serve(endpoint.removeprefix(SERVE_SCHEME), body) as reply:
                 yield reply
@@ -119,16 +130,18 @@ class Transports:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         url = chat_url(endpoint)
+        # No read timeout: httpx's applies per read, so it can neither tell a steady stream from a stuck one
+        # before the first token, nor name which bound ended an attempt.
+        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
         try:
-            async with self._http.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as resp:
+            async with self._http.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
                 yield Reply(resp.status_code, resp.headers.get("content-type", ""), resp.headers.get("retry-after"),
                             resp.aiter_bytes())
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise AttemptError(f"bad endpoint URL {url!r}: {exc}", retryable=False) from None
-        except httpx.TimeoutException:
-            raise  # send_chat names it as a timeout
         except httpx.RequestError as exc:
-            # Connection refused/reset, peer closed mid-body, protocol errors: the replica may be restarting.
+            # Connection refused/reset or not made in time, peer closed mid-body, protocol errors: the replica may
+            # be restarting.
             raise AttemptError(f"{type(exc).__name__}: {str(exc) or 'no detail'}", retryable=True) from None
 
     @contextlib.asynccontextmanager
@@ -147,6 +160,9 @@ class Transports:
         except Exception as exc:
             stream.cancel()
             raise _serve_error(exc) from None
+        if not isinstance(head, dict) or not isinstance(head.get("status"), int):
+            stream.cancel()
+            raise AttemptError(f"engine supervisor sent no head: {str(head)[:200]!r}", retryable=True)
 
         async def chunks() -> AsyncIterator[bytes]:
             if head.get("body"):
@@ -174,40 +190,39 @@ async def send_chat(
     transports: Transports,
     request: SampleRequest,
     *,
-    timeout_s: float,
+    bounds: Bounds,
     max_retries: int,
     backoff_s: float,
 ) -> SampleResult:
     """Send one sample as a streamed chat completion; return its record, ok or failed (never raise for it).
 
     Retried (up to `max_retries` times after the first attempt, exponential backoff with jitter): connection
-    and read errors, timeouts, 429, 5xx (a killed Serve replica answers 500), a replica that died under a handle
-    call, streams that end early or carry invalid JSON or an error event. Other 4xx are final at once. Each
-    attempt is bounded by `timeout_s` in total, so a sample ends within (max_retries + 1) * timeout_s plus the
-    backoff sleeps. TTFT and latency are those of the successful attempt; `started_at` is when the first attempt
-    was sent.
+    and read errors, 429, 5xx (a killed Serve replica answers 500), a replica that died under a handle call,
+    streams that end early or carry invalid or malformed events or an error event, and the two silence bounds
+    (no first token within `bounds.first_s`, no data for `bounds.idle_s`: a stuck or vanished replica, which
+    another attempt may not meet). Other 4xx and the total cap `bounds.total_s` are final at once (a retry would
+    be cut at the same length). A retry starts the answer over: what the failed attempt generated is lost. TTFT
+    and latency are those of the successful attempt; `started_at` is when the first attempt was sent.
     """
     body = dict(request.body)
     body["stream"] = True
     # Ask for a final usage chunk, keeping any other stream options the caller set.
-    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    options = body.get("stream_options")
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
 
     started_at = time.time()
     attempts = 0
     error, retryable = "", True
-    stream: _Stream | None = None
+    stream: Answer | None = None
     while True:
         attempts += 1
         try:
-            # wait_for bounds the whole attempt: httpx's own timeouts apply per read, and a server that
-            # trickles bytes (or keeps a stream open without tokens) would otherwise hold the sample forever.
-            attempt = _attempt(transports, request.endpoint, body, timeout_s)
-            stream = await asyncio.wait_for(attempt, timeout=timeout_s)
+            stream = await _bounded(transports, request.endpoint, body, bounds)
             break
         except AttemptError as exc:
             error, retryable, retry_after = str(exc), exc.retryable, exc.retry_after_s
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            error, retryable, retry_after = f"timed out after {timeout_s:g} s", True, None
+        except Exception as exc:  # a bug or an answer no check foresaw: a failed sample, never a dead client
+            error, retryable, retry_after = f"internal error ({type(exc).__name__}): {exc}"[:MAX_ERROR_CHARS], False, None
         if not retryable or attempts > max_retries:
             break
         await asyncio.sleep(_backoff(attempts, backoff_s, retry_after))
@@ -223,6 +238,7 @@ async def send_chat(
         attempts=attempts,
         started_at=started_at,
         finished_at=time.time(),
+        fingerprint=request.fingerprint,
     )
     if stream is None:
         error += f" (gave up after {attempts} attempts)" if retryable else " (not retried)"
@@ -240,20 +256,67 @@ async def send_chat(
     )
 
 
-async def _attempt(transports: Transports, endpoint: str, body: dict[str, Any], timeout_s: float) -> _Stream:
-    """One POST, read to the end of its SSE stream. Raises AttemptError or a timeout on failure."""
+def failed_result(request: SampleRequest, error: str, attempts: int = 1) -> SampleResult:
+    """A failed record for `request` built from what is known before any answer (the client's last guard)."""
+    key = request.key
+    messages = request.body.get("messages")
+    now = time.time()
+    return SampleResult(model=key.model, dataset=key.dataset, index=key.index, repeat=key.repeat, status="failed",
+                        error=error[:MAX_ERROR_CHARS], endpoint=request.endpoint,
+                        prompt=messages if isinstance(messages, list) else [], attempts=attempts, started_at=now,
+                        finished_at=now, fingerprint=request.fingerprint)
+
+
+async def _bounded(transports: Transports, endpoint: str, body: dict[str, Any], bounds: Bounds) -> Answer:
+    """One attempt, watched: it ends when the bound that applies now passes (the first-token wait until the first
+    answer data, then the idle bound from the latest data, and the total cap if set), naming that bound."""
     t0 = time.perf_counter()
-    out = _Stream()
-    async with transports.post(endpoint, body, timeout_s) as reply:
+    out = Answer()
+    task = asyncio.ensure_future(_attempt(transports, endpoint, body, out, t0))
+    try:
+        while True:
+            deadline, reason, retryable = _deadline(out, t0, bounds)
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise AttemptError(reason, retryable=retryable)
+            done, _ = await asyncio.wait({task}, timeout=remaining)
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()  # closes the connection or cancels the handle call: the engine stops generating
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _deadline(out: Answer, t0: float, bounds: Bounds) -> tuple[float, str, bool]:
+    """(when, why, retryable) of the bound that ends the attempt next."""
+    if out.last_data_at is None:
+        deadline = t0 + bounds.first_s
+        reason = f"no first token within {bounds.first_s:g} s (eval.first_token_timeout_s)"
+    else:
+        deadline = out.last_data_at + bounds.idle_s
+        chars = sum(map(len, out.content)) + sum(map(len, out.reasoning))
+        reason = (f"stream idle for {bounds.idle_s:g} s after {out.events} events, {chars} chars "
+                  "(eval.timeout_s, the idle bound)")
+    if bounds.total_s is not None and t0 + bounds.total_s < deadline:
+        chars = sum(map(len, out.content)) + sum(map(len, out.reasoning))
+        return (t0 + bounds.total_s, f"answer not finished within {bounds.total_s:g} s after {chars} chars "
+                "(eval.max_request_s, the total cap)", False)
+    return deadline, reason, True
+
+
+async def _attempt(transports: Transports, endpoint: str, body: dict[str, Any], out: Answer, t0: float) -> Answer:
+    """One POST, read to the end of its SSE stream into `out`. Raises AttemptError on failure."""
+    async with transports.post(endpoint, body) as reply:
         if reply.status != 200:
-            raw = b"".join([chunk async for chunk in reply.chunks])
             raise AttemptError(
-                f"HTTP {reply.status}: {_error_message(raw)}",
+                f"HTTP {reply.status}: {error_message(await read_error_body(reply.chunks))}",
                 retryable=reply.status == 429 or reply.status >= 500,
                 retry_after_s=_retry_after(reply.retry_after),
             )
         done = False
-        async for line in _lines(reply.chunks):
+        async for line in lines(reply.chunks):
             # SSE: "data: <json>" events separated by blank lines; comments (":") and other fields ignored.
             if not line.startswith("data:"):
                 continue
@@ -263,81 +326,24 @@ async def _attempt(transports: Transports, endpoint: str, body: dict[str, Any], 
                 break
             try:
                 chunk = json.loads(data)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
                 raise AttemptError(f"invalid JSON in stream: {data[:200]!r}", retryable=True) from None
             if not isinstance(chunk, dict):
                 raise AttemptError(f"unexpected stream event: {data[:200]!r}", retryable=True)
-            _consume(chunk, out, t0)
+            consume(chunk, out, t0)
         if not done:
             raise AttemptError("stream ended without 'data: [DONE]' (truncated response)", retryable=True)
     out.latency_s = time.perf_counter() - t0  # ttft_s stays None if no token came (e.g. an empty answer)
     return out
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Text lines of a byte stream whose chunks split lines anywhere (SSE ends lines with \n, \r\n or \r)."""
-    pending = b""
-    async for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", errors="replace")
-    if pending:
-        yield pending.decode("utf-8", errors="replace")
-
-
-def _consume(chunk: dict[str, Any], out: _Stream, t0: float) -> None:
-    """Fold one chat.completion.chunk into `out`."""
-    if "error" in chunk:
-        # vLLM reports errors that happen after the 200 header as an error event inside the stream.
-        raise AttemptError(f"error in stream: {_error_message(json.dumps(chunk).encode())}", retryable=True)
-    for choice in chunk.get("choices") or []:
-        if choice.get("index", 0) != 0:
-            continue  # one sample = one choice; repeats are separate keys, never n > 1
-        delta = choice.get("delta") or {}
-        text = delta.get("content")
-        # vLLM < 0.11 names it reasoning_content; newer versions (and the OpenAI spec draft) use reasoning.
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if (text or reasoning) and out.ttft_s is None:
-            out.ttft_s = time.perf_counter() - t0
-        if text:
-            out.content.append(text)
-        if reasoning:
-            out.reasoning.append(reasoning)
-        if choice.get("finish_reason"):
-            out.finish_reason = choice["finish_reason"]
-    usage = chunk.get("usage")
-    if usage:
-        out.prompt_tokens = usage.get("prompt_tokens")
-        out.completion_tokens = usage.get("completion_tokens")
-
-
-def _error_message(raw: bytes) -> str:
-    """The server's own message from an error body: OpenAI `{"error": {"message"}}`, vLLM's older
-    `{"message"}`, FastAPI's `{"detail"}`, else the text itself (shortened)."""
-    text = raw.decode(errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return text[:MAX_ERROR_CHARS] or "(empty body)"
-    message: Any = data
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict):
-            message = err.get("message", err)
-        elif err is not None:
-            message = err
-        else:
-            message = data.get("message") or data.get("detail") or data
-    return (message if isinstance(message, str) else json.dumps(message))[:MAX_ERROR_CHARS]
-
-
 def _retry_after(value: str | None) -> float | None:
     """Retry-After in seconds (the HTTP-date form is rare on APIs and ignored)."""
     try:
-        return max(0.0, float(value)) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None
+    return None if seconds is None or math.isnan(seconds) else max(0.0, seconds)
 
 
 def _backoff(attempt: int, backoff_s: float, retry_after_s: float | None) -> float:

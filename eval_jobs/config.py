@@ -10,22 +10,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from cluster.configfile import StrictModel, load_config
-from cluster.secrets import api_key_from, check_secret_file
+from cluster.secrets import check_secret_file, key_from_file_or_env
 from serve_apps.config import ServeConfig
 
 
-class GenerationConfig(StrictModel):
-    """Sampling parameters sent with every request (AISBench's `vllm_api_general_chat` defaults)."""
+DEFAULT_MAX_OUT_LEN = 512  # AISBench's vllm_api_general_chat, should its config not say
 
-    max_out_len: int = Field(512, ge=1, description="max_tokens per answer (a dataset's per-row limit wins).")
-    temperature: float | None = Field(None, ge=0, description="None: the server's default (greedy: 0).")
+
+class GenerationConfig(StrictModel):
+    """Sampling parameters sent with every request. What is left unset is AISBench's: the `vllm_api_general_chat`
+    model config's `max_out_len` (512) and `generation_kwargs` (temperature 0.01, ignore_eos false), as `ais_bench`
+    sends them, so scores compare 1:1 (a request without a temperature would get the model's own default)."""
+
+    max_out_len: int | None = Field(
+        None, ge=1, description="max_tokens per answer (a dataset's per-row limit wins); None: AISBench's (512).",
+    )
+    temperature: float | None = Field(None, ge=0, description="None: AISBench's (0.01); 0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None)
     seed: int | None = Field(None, description="Base sampling seed; repeat r of a sample uses seed + r.")
@@ -38,8 +46,12 @@ class GenerationConfig(StrictModel):
         default_factory=dict, description="More request fields, passed unchanged (e.g. chat_template_kwargs)."
     )
 
-    def request_fields(self, repeat: int, row_max_out_len: int | None) -> dict[str, Any]:
-        fields: dict[str, Any] = {"max_tokens": row_max_out_len or self.max_out_len}
+    def request_fields(self, repeat: int, row_max_out_len: int | None,
+                       model_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The body fields of one request. `model_defaults` are the AISBench model config's own (`max_tokens` and
+        its generation_kwargs); every field set here wins over them."""
+        fields: dict[str, Any] = dict(model_defaults or {})
+        fields["max_tokens"] = row_max_out_len or self.max_out_len or fields.get("max_tokens") or DEFAULT_MAX_OUT_LEN
         for name in ("temperature", "top_p", "top_k"):
             if (value := getattr(self, name)) is not None:
                 fields[name] = value
@@ -85,17 +97,37 @@ class EvalConfig(StrictModel):
     clients: int = Field(2, ge=1, description="Client actors sharing the work queue.")
     concurrency: int = Field(16, ge=1, description="Requests each client keeps in flight.")
     lease_size: int = Field(4, ge=1, description="Samples a client takes from the queue at a time.")
-    timeout_s: float = Field(600.0, gt=0, description="Bound on one request attempt, end to end.")
-    max_retries: int = Field(3, ge=0, description="Retries of a sample on connection errors, 429 and 5xx.")
+    timeout_s: float = Field(
+        300.0, gt=0, description="The idle bound: an attempt whose answer sends nothing for this long (after its "
+        "first token) ends, and is retried. A stream that keeps producing is never cut, however long it runs.",
+    )
+    first_token_timeout_s: float = Field(
+        1800.0, gt=0, description="Longest wait from sending to the answer's first token (a request queued behind a "
+        "full batch, a 32k-token prefill); past it the attempt ends and is retried.",
+    )
+    max_request_s: float | None = Field(
+        None, gt=0, description="Optional cap on one attempt end to end, however steadily it streams; hitting it "
+        "fails the sample without a retry (it would be cut at the same length). None: no cap.",
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a sample on connection errors, 429, 5xx, broken streams and the two "
+        "silence bounds; each retry generates the answer from the start.",
+    )
     backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter.")
     output: str = Field("runs/latest", description="Run directory; running again on it resumes.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Where each checkpoint's scores and perf figures go "
+        "as scalars at its training step (from its name, e.g. step_400): TensorBoard event files always "
+        "available; wandb (offline unless WANDB_MODE says otherwise) and mlflow (a file store unless "
+        "MLFLOW_TRACKING_URI is set) when installed. [] for none.",
+    )
+    logdir: str | None = Field(
+        None, description="Where the trackers write, e.g. the training run's own TensorBoard directory so eval "
+        "curves sit beside its loss; default <output>/tensorboard.",
+    )
 
     _key_file_ok = field_validator("api_key_file")(check_secret_file)
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_from_file_or_env(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        return api_key_from(value, info.data.get("api_key_file"))
+    _key_resolved = field_validator("api_key")(key_from_file_or_env)
 
     @model_validator(mode="after")
     def _ks_within_repeats(self) -> EvalConfig:

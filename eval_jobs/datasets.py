@@ -208,20 +208,14 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None) 
 
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
-    from ais_bench.benchmark.utils.config import build_dataset_from_cfg
+    from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported  # imports us
 
     abbr = str(dcfg.get("abbr", config_path.stem))
     where = f"{config_path}: dataset {abbr!r}"
     infer_cfg = dcfg.get("infer_cfg") or {}
-    inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type"))
-    if not inferencer.endswith(".GenInferencer") and inferencer != "GenInferencer":
-        raise ConfigError(
-            f"{where}: infer_cfg.inferencer.type = {inferencer!r}: only GenInferencer is supported"
-        )
-    if dcfg.get("judge_infer_cfg") or (dcfg.get("eval_cfg") or {}).get("sc_size"):
-        # LLM-as-judge scoring needs a second model pass, self-consistency reshapes predictions into lists:
-        # neither fits "one request → one judged sample".
-        raise ConfigError(f"{where}: LLM-judge (judge_infer_cfg) and sc_size datasets are not supported")
+    refusal = unsupported(dcfg)
+    if refusal:
+        raise ConfigError(f"{where}: {refusal}")
     n, k = _repeats(dcfg, where)
     data_path = expected_data_path(dcfg.get("path"), data_dir)
     if data_path is not None and not data_path.exists():
@@ -234,15 +228,15 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
     # repeats itself (sample keys carry the repeat number).
     build_cfg.pop("n", None)
     build_cfg.pop("k", None)
-    with _datasets_cache(data_dir):
-        try:
-            dataset = build_dataset_from_cfg(build_cfg)
-        except Exception as exc:
-            raise ConfigError(f"{where}: AISBench could not load {data_path or 'the data'}: {exc}") from None
-        reader = dataset.reader
-        test = dataset.test
-        _check_columns(test, [*reader.input_columns, reader.output_column], data_path, where)
-        messages = _render(dataset, infer_cfg)
+    # Refused before the first request: a run must not send a dataset it cannot score at the end.
+    missing = missing_evaluator_packages(dcfg.get("eval_cfg") or {})
+    if missing:
+        raise ConfigError(f"{where}: its evaluator needs {', '.join(missing)}, not installed here")
+    check_evaluator_builds(dcfg.get("eval_cfg") or {}, where)
+    dataset = build_rows(build_cfg, data_dir, data_path, where)
+    reader = dataset.reader
+    test = dataset.test
+    messages = render(dataset, infer_cfg)
     rows = [dict(row) for row in test]
     output_column = reader.output_column
     max_out_lens = reader.get_max_out_len()
@@ -261,6 +255,23 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
         k=k,
         max_out_lens=list(max_out_lens) if max_out_lens is not None else None,
     )
+
+
+def build_rows(build_cfg: Any, data_dir: Path, data_path: Path | None, where: str) -> Any:
+    """AISBench's dataset class on the data file (its `.test` rows), every reader column checked."""
+    from ais_bench.benchmark.utils.config import build_dataset_from_cfg
+
+    with _datasets_cache(data_dir):
+        try:
+            dataset = build_dataset_from_cfg(build_cfg)
+        except Exception as exc:
+            raise ConfigError(f"{where}: AISBench could not load {data_path or 'the data'}: {exc}") from None
+    reader = dataset.reader
+    # Input columns the loader does not produce at all are AISBench's to judge: it renders without one the
+    # prompt template never uses (longbench passage_count lists `input` and has none).
+    present = [c for c in reader.input_columns if c in dataset.test.column_names]
+    _check_columns(dataset.test, [*present, reader.output_column], data_path, where)
+    return dataset
 
 
 def _repeats(dcfg: Any, where: str) -> tuple[int, tuple[int, ...]]:
@@ -323,7 +334,7 @@ def _first_jsonl_line_without(path: Path, column: str) -> int | None:
     return None
 
 
-def _render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
+def render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
     """The messages per test row, built the way GenInferencer.get_data_list + VLLMCustomAPIChat do."""
     from ais_bench.benchmark.models.output import RequestOutput
     from ais_bench.benchmark.registry import ICL_RETRIEVERS
@@ -357,6 +368,14 @@ def _general_chat_model_cfg() -> dict[str, Any]:
 
     cfg = Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))
     return _plain(cfg["models"][0])
+
+
+@lru_cache(maxsize=1)
+def aisbench_request_defaults() -> dict[str, Any]:
+    """What `ais_bench --models vllm_api_general_chat` puts in every request besides the messages: max_tokens (its
+    max_out_len) and its generation_kwargs."""
+    cfg = _general_chat_model_cfg()
+    return {"max_tokens": cfg.get("max_out_len"), **(cfg.get("generation_kwargs") or {})}
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,10 @@ class SampleRequest(BaseModel):
     key: SampleKey
     endpoint: str = Field(description="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000")
     body: dict[str, Any] = Field(description="The /v1/chat/completions body (messages, model, sampling params).")
+    fingerprint: str | None = Field(
+        None, description="What produces this sample's answer (request body, dataset row, checkpoint identity), "
+        "hashed: a stored record counts for a rerun only if its fingerprint is the same (eval_jobs/fingerprint.py).",
+    )
 
 
 class SampleResult(BaseModel):
@@ -46,6 +50,10 @@ class SampleResult(BaseModel):
     started_at: float = Field(description="Unix time the first attempt was sent.")
     finished_at: float | None = Field(
         None, description="Unix time the last attempt ended (retries and backoff included); for throughput."
+    )
+    fingerprint: str | None = Field(
+        None, description="The request's fingerprint; records written before fingerprints existed have none, and "
+        "match nothing.",
     )
 
     @property

@@ -35,20 +35,21 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cluster.secrets import redact
+from eval_jobs.provenance import provenance_html, provenance_md
 from eval_jobs.records import SampleResult
 from eval_jobs.store import RunDir
 
 GROUP = ["model", "dataset"]
 # Per-sample columns scoring adds; dropped from a simulated run's samples.parquet.
-SAMPLE_SCORE_COLUMNS = ["correct", "extracted"]
+SAMPLE_SCORE_COLUMNS = ["correct", "score", "extracted"]
 PERF_COLUMNS = [
     "requests", "failures", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s",
     "output_tok_per_s", "req_per_s", "wall_s",
 ]  # fmt: skip
 # What print_summary shows, under which short header, when present (the files carry every column).
 PRINTED_SCORES = {
-    "model": "model", "dataset": "dataset", "metric": "metric", "value": "score", "ci": "CI",
-    "n_questions": "n", "n_repeats": "rep", "failures": "fail",
+    "model": "model", "dataset": "dataset", "metric": "metric", "source": "from", "value": "score", "ci": "CI",
+    "n_questions": "n", "n_repeats": "rep", "failures": "fail", "error": "not scored because",
 }  # fmt: skip
 PRINTED_PERF = {
     "model": "model", "dataset": "dataset", "requests": "requests", "failures": "fail", "ttft_p50_s": "TTFT",
@@ -128,9 +129,15 @@ def human_sections(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     Performance (one row per model × dataset; the joined table repeats perf columns for every metric)."""
     perf_only = [c for c in PERF_COLUMNS if c != "failures"]
     sections = {}
-    if "value" in table and table["value"].notna().any():
+    # A score, or the reason a dataset has none (its evaluator could not score it).
+    scored = table["value"].notna() if "value" in table else pd.Series(False, index=table.index)
+    if "error" in table:
+        scored |= table["error"].notna()
+    if scored.any():
         score_cols = [c for c in table.columns if c not in perf_only]
-        sections["Scores"] = table.loc[table["value"].notna(), score_cols]
+        if "error" in table and table["error"].isna().all():
+            score_cols.remove("error")
+        sections["Scores"] = table.loc[scored, score_cols]
     perf_cols = GROUP + [c for c in ["simulated", *PERF_COLUMNS] if c in table.columns]
     sections["Performance"] = table.drop_duplicates(GROUP)[perf_cols].reset_index(drop=True)
     return sections
@@ -145,6 +152,7 @@ def write_report(
     config: Mapping[str, Any] | BaseModel | None = None,
     engine_info: Mapping[str, Any] | None = None,
     title: str = "evalcluster report",
+    origin: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Write samples.parquet, summary.csv/.md/.html, plots/*.png, versions.json (and config.yaml if given).
 
@@ -173,12 +181,12 @@ def write_report(
             path.unlink(missing_ok=True)  # a stale plot from an earlier report of this run must not linger
 
     sections = human_sections(table)
-    md = [f"# {title}", ""] + ([f"> **{SIMULATED_BANNER}**", ""] if simulated else [])
+    md = [f"# {title}", ""] + ([f"> **{SIMULATED_BANNER}**", ""] if simulated else []) + provenance_md(origin)
     for heading, frame in sections.items():
         md += [f"## {heading}", "", markdown_table(frame), ""]
     md += [f"![{name}](plots/{name}.png)" for name in plots]
     write_atomic(run_dir.summary_md, ("\n".join(md) + "\n").encode())
-    write_atomic(run_dir.summary_html, html_page(title, sections, plots, simulated).encode())
+    write_atomic(run_dir.summary_html, html_page(title, sections, plots, simulated, origin=origin).encode())
 
     if config is not None:
         write_config(run_dir, config)
@@ -323,6 +331,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _scores_png(table: pd.DataFrame) -> bytes:
     """One horizontal bar per model · dataset · metric, with its confidence interval as error bars."""
     rows = table[table["value"].notna()]
+    if "source" in rows and (rows["source"] == "samples").any():
+        rows = rows[rows["source"] == "samples"]  # one scale (fractions); evaluators' numbers are in the tables
     labels = [" · ".join(map(str, r)) for r in rows[["model", "dataset", "metric"]].itertuples(index=False)]
     value = rows["value"].astype("float64").to_numpy()
     low = rows["ci_low"].astype("float64").to_numpy() if "ci_low" in rows else value
@@ -371,6 +381,9 @@ def _latency_png(samples: pd.DataFrame) -> bytes:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+.provenance { display: grid; grid-template-columns: max-content 1fr; gap: .1em 1em; font-size: 12px;
+              background: #f6f6f6; padding: .6em .8em; border-radius: 4px; }
+.provenance dt { font-weight: 600; } .provenance dd { margin: 0; word-break: break-all; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; }
@@ -382,7 +395,7 @@ img { max-width: 100%; }
 
 def html_page(
     title: str, sections: Mapping[str, pd.DataFrame], plots: Mapping[str, bytes], simulated: bool,
-    intro: str = "",
+    intro: str = "", origin: Mapping[str, Any] | None = None,
 ) -> str:
     """One self-contained page: inline CSS, the tables, plots as base64 PNGs."""
     parts = [
@@ -393,6 +406,7 @@ def html_page(
         parts.append(f"<div class='simulated'>{html.escape(SIMULATED_BANNER)}</div>")
     parts.append(f"<h1>{html.escape(title)}</h1>")
     parts.append(f"<p>Written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
+    parts.append(provenance_html(origin))
     if intro:
         parts.append(f"<p>{html.escape(intro)}</p>")
     for heading, frame in sections.items():

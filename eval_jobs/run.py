@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import shutil
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,38 +26,47 @@ from cluster.connection import ray_session
 from cluster.errors import ConfigError, HostLostError, run_command
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
-from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
+from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.report import print_summary, samples_frame, write_config, write_report
-from eval_jobs.scoring import judge, summarize
-from eval_jobs.store import RunDir, SampleStore
+from eval_jobs.provenance import provenance
+from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
+from eval_jobs.scoring import judge_frame, summarize
+from eval_jobs.store import ResumePlan, RunDir, SampleStore, matching, plan_resume
+from eval_jobs.trackers import check_installed, open_trackers
+from eval_jobs.viewer import write_viewer
 from eval_jobs.work import ClientSettings, distribute
 
 log = logging.getLogger("evalcluster.eval")
 
 
 def build_requests(
-    cfg: EvalConfig, endpoints: dict[str, str], datasets: list[EvalDataset]
+    cfg: EvalConfig, endpoints: dict[str, str], datasets: list[EvalDataset],
+    identities: dict[str, str] | None = None,
 ) -> list[SampleRequest]:
     """Every sample of the run (`endpoints`: model → where its requests go), dataset rows in order, repeats of a
-    row together."""
+    row together. With `identities` (model → checkpoint identity) each request carries its fingerprint."""
     requests = []
+    defaults = aisbench_request_defaults()
     for model, endpoint in endpoints.items():
         for ds in datasets:
             rows = range(min(len(ds), cfg.limit or len(ds)))
             for index in rows:
                 row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
+                row = {"row": ds.rows[index] if index < len(ds.rows) else None, "reference": ds.references[index]}
                 for repeat in range(cfg.num_repeats or ds.n):
                     body = {"model": model, "messages": ds.messages[index],
-                            **cfg.generation.request_fields(repeat, row_limit)}
+                            **cfg.generation.request_fields(repeat, row_limit, defaults)}
+                    fp = sample_fingerprint(body, row, identities[model]) if identities is not None else None
                     requests.append(SampleRequest(key=SampleKey(model, ds.name, index, repeat),
-                                                  endpoint=endpoint, body=body))
+                                                  endpoint=endpoint, body=body, fingerprint=fp))
     return requests
 
 
 def client_settings(cfg: EvalConfig) -> ClientSettings:
     return ClientSettings(
         concurrency=cfg.concurrency, lease_size=cfg.lease_size, timeout_s=cfg.timeout_s,
+        first_token_timeout_s=cfg.first_token_timeout_s, max_request_s=cfg.max_request_s,
         max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
         api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
     )
@@ -79,15 +91,9 @@ def output_dir(output: str) -> Path:
 
 
 def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.DataFrame:
-    """The per-sample frame with AISBench's verdict (`correct`, `extracted`) on every ok sample."""
-    frame = samples_frame(records)
-    frame["correct"] = False
-    frame["extracted"] = ""
-    for (_, dataset), group in frame[frame["status"] == "ok"].groupby(["model", "dataset"]):
-        verdicts = judge(datasets[dataset], group["response"].tolist(), group["index"].tolist())
-        frame.loc[group.index, "correct"] = [c for c, _ in verdicts]
-        frame.loc[group.index, "extracted"] = [e for _, e in verdicts]
-    return frame
+    """The per-sample frame with AISBench's verdict on every sample (`scoring.judge_frame`): each dataset is
+    scored on its own, one its evaluator cannot score is reported as failed, the others are not lost."""
+    return judge_frame(samples_frame(records), datasets)
 
 
 def data_plane(model: str) -> str:
@@ -146,6 +152,7 @@ def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool]]:
 def run_job(job: JobConfig) -> pd.DataFrame:
     """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
     cfg = job.eval
+    check_installed(cfg.trackers)  # before anything starts
     datasets = {ds.name: ds for name in cfg.datasets for ds in load_datasets(name, cfg.data_dir)}
     run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)
@@ -154,34 +161,76 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     with ray_session(job.cluster), endpoints_for(job) as (endpoints, simulated):
         if job.serve is not None and job.serve.api_key and not cfg.api_key:
             cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
-        requests = build_requests(cfg, endpoints, list(datasets.values()))
-        finished = store.finished_keys()
-        todo = [r for r in requests if r.key not in finished]
-        log.info("%d samples, %d already finished, %d to send to %s", len(requests), len(requests) - len(todo),
-                 len(todo), sorted(set(endpoints.values())))
+        api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        requests = build_requests(cfg, endpoints, list(datasets.values()), checkpoint_identities(endpoints, api_key))
+        plan = plan_resume(requests, store.latest())
+        record_run(run_dir, plan)
+        log.info("%d samples: %s; to %s", len(requests), plan.summary(), sorted(set(endpoints.values())))
         lost: HostLostError | None = None
-        with progress_bar(len(requests), len(requests) - len(todo)) as on_results:
+        with progress_bar(len(requests), plan.reused) as on_results:
             def record(results: list[SampleResult]) -> None:
                 store.append(results)  # durable first; only then does a sample count
                 on_results(results)
 
             try:
-                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+                distribute(plan.todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
 
-    keys = {r.key for r in requests}
-    records = [r for r in store.load() if r.key in keys]
+    records = matching(store.latest(), requests)
+    origin = provenance(requests, checkpoints_of(job, endpoints), {n: d.config_name for n, d in datasets.items()},
+                        library_versions())
     if simulated:
-        table = write_report(run_dir, samples_frame(records), None, simulated=True, config=job)
+        frame = samples_frame(records)
+        table = write_report(run_dir, frame, None, simulated=True, config=job, origin=origin)
     else:
         frame = score(records, datasets)
-        table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job)
+        table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job, origin=origin)
+    write_viewer(run_dir, with_references(frame, datasets), origin,
+                 title="evalcluster samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
+    trackers = open_trackers(cfg.trackers, tracker_logdir(cfg.logdir, run_dir), run_dir.root)
+    try:
+        trackers.log(table, steps={})
+    finally:
+        trackers.close()
     print_summary(table, simulated=simulated)
+    print(f"{len(requests)} samples: {plan.summary()}")
     print(f"report: {run_dir.root.resolve()}")
     if lost is not None:
         raise lost
     return table
+
+
+def with_references(frame: pd.DataFrame, datasets: dict[str, EvalDataset]) -> pd.DataFrame:
+    """The per-sample frame with each row's reference answer (as the dataset file has it), for the viewer."""
+    refs = [datasets[d].references[i] if d in datasets and i < len(datasets[d].references) else None
+            for d, i in zip(frame["dataset"], frame["index"])] if len(frame) else []
+    return frame.assign(reference=refs)
+
+
+def checkpoints_of(job: JobConfig, endpoints: dict[str, str]) -> dict[str, dict]:
+    """Served name → where its weights are (the job's own checkpoints), or the endpoint that served it."""
+    if job.serve is not None and job.serve.models:
+        return {m.name: {"path": m.model} for m in job.serve.models if m.name in endpoints}
+    return {name: {"path": f"served at {job.eval.endpoint}"} for name in endpoints}
+
+
+def tracker_logdir(logdir: str | None, run_dir: RunDir) -> Path:
+    return Path(logdir).expanduser() if logdir else run_dir.root / "tensorboard"
+
+
+def record_run(run_dir: RunDir, plan: ResumePlan) -> None:
+    """Keep this run's config beside the earlier ones (config.yaml is only the latest) and a line saying what it
+    reused and sent: a directory run with several configs shows which answers came from which."""
+    run_dir.configs_dir.mkdir(exist_ok=True)
+    number = len(list(run_dir.configs_dir.glob("run-*.yaml"))) + 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = run_dir.configs_dir / f"run-{number:03d}-{stamp}.yaml"
+    shutil.copyfile(run_dir.config_yaml, kept)
+    line = {"run": number, "started": stamp, "config": str(kept.relative_to(run_dir.root)), "reused": plan.reused,
+            "sent": len(plan.todo), "new": plan.new, "changed": plan.changed, "failed_before": plan.failed}
+    with run_dir.runs_jsonl.open("a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def serving_watch(endpoints: dict[str, str]):

@@ -1,25 +1,24 @@
-"""Scoring: AISBench's own evaluator judges each sample; evalcluster reduces samples to metrics.
+"""Scoring: AISBench's evaluators judge the samples (`judge`), evalcluster reduces them to metrics.
 
-    verdicts = judge(dataset, ["... \\\\boxed{70}", "I think 12"], indices=[0, 1])
-    # -> [(True, "70"), (False, "Ithink12")]
-    summary = summarize(samples)   # one row per model × dataset × metric
+    frame = judge_frame(samples_frame(records), datasets)   # + correct / score / extracted per sample
+    summary = summarize(frame)   # one row per model × dataset × metric
 
-`judge` applies the postprocessors in the order OpenICLEvalTask._score does (the model config's
-`pred_postprocessor`, i.e. `extract_non_reasoning_content` for vllm_api_general_chat, then the dataset's
-`eval_cfg.pred_postprocessor`, then the evaluator's own) and reads per-sample correctness from the evaluator's
-`score()['details']`. `summarize` is plain pandas/numpy: avg@n, unbiased pass@k, majority-vote cons@k,
-standard errors and bootstrap CIs over questions. AISBench's own pass@k/cons@k are not used:
+`summarize` reports two kinds of rows (column `source`). `samples`: computed here from per-sample verdicts
+with plain pandas/numpy: accuracy / avg@n, unbiased pass@k, majority-vote cons@k, standard errors and
+bootstrap CIs over questions (datasets whose evaluator has right/wrong per sample). `evaluator`: every number
+the dataset's AISBench evaluator returns, under its own name and on its own scale (AccEvaluator's `accuracy`
+is a percentage), as `ais_bench` would report it. AISBench's own pass@k/cons@k are not used:
 `BaseEvaluator.group` pairs details with the wrong questions for n > 1 (replica-major details zipped with a
-row-major dataset) and its cons@k is "c > k/2" over all n samples, not a vote.
+row-major dataset) and its cons@k is "c > k/2" over all n samples, not a vote. A dataset that could not be
+scored gets one row with its reason in `error`.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
+import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,113 +26,78 @@ import pandas as pd
 
 from cluster.errors import ConfigError
 from eval_jobs.datasets import EvalDataset
+from eval_jobs.judge import ScoringError, judge
 
-# Keys BaseEvaluator.evaluate looks for, in its order, to read a detail's correctness.
-CORRECT_KEYS = ("correct", "is_correct", "cascade_correct")
+log = logging.getLogger("evalcluster.scoring")
 SUMMARY_COLUMNS = [
-    "model", "dataset", "metric", "value", "stderr", "ci_low", "ci_high",
-    "n_questions", "n_repeats", "failures",
+    "model", "dataset", "metric", "source", "value", "stderr", "ci_low", "ci_high",
+    "n_questions", "n_repeats", "failures", "error",
 ]
+# frame.attrs keys judge_frame fills and summarize reads (a DataFrame's attrs travel with it, also to Parquet).
+EVALUATOR_METRICS = "evaluator_metrics"
+SCORING_ERRORS = "scoring_errors"
 N_BOOTSTRAP = 1000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 
 
-def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[int]) -> list[tuple[bool, str]]:
-    """Judge `predictions[j]` (raw response text) against row `indices[j]` with AISBench's evaluator.
+def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.DataFrame:
+    """The per-sample frame with each sample's verdict (`correct`, `score`, `extracted`), each model × dataset
+    scored on its own.
 
-    Returns (correct, extracted answer) per prediction, in input order. A prediction holding reasoning
-    (`reasoning + "</think>" + content`, as AISBench's client builds it) is judged on the content only.
+    Every repeat is one evaluator call over its rows in order (as BaseEvaluator.evaluate scores replicas); a
+    failed sample is scored as an empty answer, as AISBench does with requests that failed, and counts as
+    incorrect. The evaluator's own dataset-level numbers go to `frame.attrs[EVALUATOR_METRICS]`; a dataset
+    its evaluator cannot score gets its reason in `frame.attrs[SCORING_ERRORS]` and no verdicts, and the
+    others are scored all the same. `summarize` reads both.
     """
-    if len(predictions) != len(indices):
-        raise ValueError(f"{len(predictions)} predictions but {len(indices)} indices")
-    if not predictions:
-        return []
-    from ais_bench.benchmark.registry import ICL_EVALUATORS
-
-    eval_cfg = copy.deepcopy(dataset.eval_cfg)
-    if "evaluator" not in eval_cfg:
-        raise ConfigError(f"{dataset.config_path}: dataset {dataset.name!r}: eval_cfg has no evaluator")
-    references = _references(dataset, eval_cfg)
-    refs = [references[i] for i in indices]
-    preds: list[Any] = list(predictions)
-    for cfg in (dataset.model_pred_postprocessor, eval_cfg.get("pred_postprocessor")):
-        if cfg:
-            preds = _postprocess(cfg, preds)
-    evaluator = ICL_EVALUATORS.build(eval_cfg["evaluator"])
-    preds = evaluator.pred_postprocess(preds)  # BaseEvaluator.evaluate applies this per replica
-
-    available = {
-        "predictions": preds,
-        "references": refs,
-        "origin_prompt": [dataset.messages[i] for i in indices],
-    }
-    params = inspect.signature(evaluator.score).parameters
-    if "test_set" in params:
-        from datasets import Dataset
-
-        available["test_set"] = Dataset.from_list([dataset.rows[i] for i in indices])
-    required = [p for p, s in params.items() if s.default is inspect.Parameter.empty and p not in available]
-    if required:
-        raise ConfigError(
-            f"{dataset.config_path}: evaluator {eval_cfg['evaluator'].get('type')!r} needs {required} "
-            "to score: not supported"
-        )
-    result = evaluator.score(**{p: v for p, v in available.items() if p in params})
-    if "error" in result:
-        raise RuntimeError(f"{dataset.name}: AISBench evaluator error: {result['error']}")
-    return _verdicts(dataset.name, result.get("details"), preds, refs)
+    frame = frame.copy()
+    # True / False / None (no right or wrong: not scored, or a ROUGE-like evaluator): plain objects, so row
+    # readers (the sample viewer) see None rather than pd.NA, whose truth value raises.
+    frame["correct"] = pd.Series(None, index=frame.index, dtype=object)
+    frame["score"] = np.nan
+    frame["extracted"] = ""
+    metric_rows: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    for (model, name), group in frame.groupby(["model", "dataset"], sort=True):
+        try:
+            if name not in datasets:
+                raise ScoringError(f"dataset {name!r} is not among this run's datasets")
+            per_repeat = []
+            for _, rep in group.sort_values("index", kind="stable").groupby("repeat", sort=True):
+                ok = (rep["status"] == "ok").to_numpy()
+                answers = [text if good else "" for text, good in zip(rep["response"].fillna(""), ok)]
+                judgement = judge(datasets[name], answers, rep["index"].tolist())
+                frame.loc[rep.index, "correct"] = [v.correct for v in judgement.verdicts]
+                frame.loc[rep.index, "score"] = [v.score for v in judgement.verdicts]
+                frame.loc[rep.index, "extracted"] = [v.extracted if good else "" for v, good in
+                                                     zip(judgement.verdicts, ok)]
+                per_repeat.append(judgement.metrics)
+        except Exception as exc:  # any failure of one dataset's scoring: reported, the other datasets go on
+            known = isinstance(exc, (ScoringError, ConfigError))
+            reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            log.warning("model %s, dataset %s: not scored: %s", model, name, reason, exc_info=not known)
+            errors.append({"model": str(model), "dataset": str(name), "error": reason})
+            frame.loc[group.index, "correct"] = None
+            frame.loc[group.index, "score"] = np.nan
+            frame.loc[group.index, "extracted"] = ""
+            continue
+        for metric, value in _replica_average(per_repeat).items():
+            metric_rows.append({"model": str(model), "dataset": str(name), "metric": metric, "value": value})
+    frame.attrs[EVALUATOR_METRICS] = metric_rows
+    frame.attrs[SCORING_ERRORS] = errors
+    return frame
 
 
-def _verdicts(name: str, details: Any, preds: list[Any], refs: list[Any]) -> list[tuple[bool, str]]:
-    """Per-sample (correct, extracted) from score()['details'], checking that detail j is sample j."""
-    if isinstance(details, dict):  # some evaluators key details by str(index); evaluate() takes values()
-        details = list(details.values())
-    if not isinstance(details, list) or len(details) != len(preds):
-        got = len(details) if isinstance(details, list) else type(details).__name__
-        raise RuntimeError(f"{name}: evaluator returned {got} details for {len(preds)} predictions")
-    _check_order(name, details, refs)
-    verdicts = []
-    for j, detail in enumerate(details):
-        key = next((k for k in CORRECT_KEYS if k in detail), None)
-        if key is None:
-            raise RuntimeError(f"{name}: evaluator details have no per-sample correctness ({CORRECT_KEYS})")
-        extracted = detail.get("pred", preds[j])
-        verdicts.append((bool(detail[key]), extracted if isinstance(extracted, str) else str(extracted)))
-    return verdicts
-
-
-def _check_order(name: str, details: list[dict[str, Any]], refs: list[Any]) -> None:
-    """The mapping assumes detail j belongs to prediction j. Evaluators that echo the references verbatim
-    (MATHEvaluator, Gsm8kEvaluator: detail['answer']) let us check it; others transform the reference
-    (e.g. LEval's answer[1]) and are left unchecked."""
-    echoed = [d.get("answer") for d in details]
-    known = {repr(r) for r in refs}
-    if any(a is None or repr(a) not in known for a in echoed):
-        return
-    for j, (answer, ref) in enumerate(zip(echoed, refs)):
-        if repr(answer) != repr(ref):
-            raise RuntimeError(
-                f"{name}: evaluator detail {j} has answer {answer!r}, expected {ref!r}: details out of order"
-            )
-
-
-def _references(dataset: EvalDataset, eval_cfg: dict[str, Any]) -> list[Any]:
-    """References, through eval_cfg.dataset_postprocessor if set (as OpenICLEvalTask does)."""
-    if "dataset_postprocessor" not in eval_cfg:
-        return dataset.references
-    return _postprocess(eval_cfg["dataset_postprocessor"], dataset.references)
-
-
-def _postprocess(cfg: dict[str, Any], texts: list[Any]) -> list[Any]:
-    """Apply one AISBench text postprocessor config ({"type": name or dotted path, **kwargs}) to each text."""
-    from ais_bench.benchmark.registry import TEXT_POSTPROCESSORS
-
-    kwargs = copy.deepcopy(cfg)
-    proc = kwargs.pop("type")
-    if isinstance(proc, str):
-        proc = TEXT_POSTPROCESSORS.get(proc)
-    return [proc(text, **kwargs) for text in texts]
+def _replica_average(per_repeat: list[dict[str, float]]) -> dict[str, float]:
+    """Numbers of several repeats as BaseEvaluator.evaluate reports them: the mean over repeats, named
+    `KEY (n runs average)` for n > 1 (`pass@1` becomes `accuracy (n runs average)`)."""
+    n = len(per_repeat)
+    keys = [k for k in per_repeat[0] if all(k in r for r in per_repeat)]
+    if n == 1:
+        return dict(per_repeat[0])
+    return {f"{'accuracy' if k == 'pass@1' else k} ({n} runs average)": float(np.mean([r[k] for r in per_repeat]))
+            for k in keys}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -164,24 +128,63 @@ def default_ks(n: int) -> list[int]:
 def summarize(df: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.DataFrame:
     """Reduce a per-sample frame to one row per (model, dataset, metric).
 
-    Input columns: model, dataset, index, repeat, correct (bool), extracted (str), status ('ok'/'failed'; a
-    failed sample counts as incorrect, has no vote in cons@k, and is counted in `failures`). Metrics:
-    `accuracy` and `avg@n` (mean over questions of the fraction of repeats correct), and for n > 1 `pass@k`
-    (unbiased estimator) and `cons@k` (majority vote over the first k repeats' extracted answers) for each
-    k in `ks` (default `default_ks(n)`; k larger than some question's repeat count is skipped). Columns:
-    value, stderr (standard error across questions), ci_low/ci_high (95% bootstrap over questions, 1000
-    resamples, fixed seed), n_questions, n_repeats, failures.
+    Input columns: model, dataset, index, repeat, correct (bool, or missing where the evaluator has no
+    right/wrong per sample), extracted (str), status ('ok'/'failed'; a failed sample counts as incorrect, has
+    no vote in cons@k, and is counted in `failures`); `df.attrs` as `judge_frame` leaves them. Sample metrics
+    (source `samples`): `accuracy` and `avg@n` (mean over questions of the fraction of repeats correct), and
+    for n > 1 `pass@k` (unbiased estimator) and `cons@k` (majority vote over the first k repeats' extracted
+    answers) for each k in `ks` (default `default_ks(n)`; k larger than some question's repeat count is
+    skipped). Then the evaluator's own numbers (source `evaluator`), and a row with `error` for each dataset
+    that could not be scored. Columns: value, stderr (standard error across questions), ci_low/ci_high (95%
+    bootstrap over questions, 1000 resamples, fixed seed), n_questions, n_repeats, failures, error.
     """
     missing = {"model", "dataset", "index", "repeat", "correct", "extracted", "status"} - set(df.columns)
     if missing:
         raise ValueError(f"summarize: missing columns {sorted(missing)}")
+    evaluator_rows = pd.DataFrame(df.attrs.get(EVALUATOR_METRICS, []), columns=["model", "dataset", "metric", "value"])
+    errors = {(e["model"], e["dataset"]): e["error"] for e in df.attrs.get(SCORING_ERRORS, [])}
     rows: list[dict[str, Any]] = []
     for (model, dataset), group in df.groupby(["model", "dataset"], sort=True):
-        rows += _summarize_group(str(model), str(dataset), group, ks)
+        base = {
+            "model": str(model), "dataset": str(dataset), "n_questions": int(group["index"].nunique()),
+            "n_repeats": int(group["repeat"].nunique()), "failures": int((group["status"] != "ok").sum()),
+        }
+        if (base["model"], base["dataset"]) in errors:
+            rows.append({**base, "metric": "scoring failed", "error": errors[(base["model"], base["dataset"])]})
+            continue
+        sample_rows = _summarize_group(group, ks) if _has_right_and_wrong(group) else []
+        own = {r["metric"]: r["value"] for r in sample_rows}
+        mine = evaluator_rows[(evaluator_rows["model"] == base["model"])
+                              & (evaluator_rows["dataset"] == base["dataset"])]
+        theirs = {str(r.metric): float(r.value) for r in mine.itertuples(index=False)}
+        clash = _disagreement(own, theirs)
+        if clash:
+            rows.append({**base, "metric": "scoring failed", "error": clash})
+            continue
+        rows += [{**base, **row, "source": "samples"} for row in sample_rows]
+        # A number that is the samples' own metric under the same name (MATHEvaluator's `accuracy`) is
+        # reported once, with its CI; every other evaluator number as the evaluator gives it.
+        rows += [{**base, "metric": name, "value": value, "source": "evaluator"}
+                 for name, value in theirs.items() if name not in own]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def _summarize_group(model: str, dataset: str, group: pd.DataFrame, ks: Sequence[int] | None) -> list[dict]:
+def _disagreement(own: dict[str, float], theirs: dict[str, float]) -> str | None:
+    """Why the per-sample verdicts don't reproduce a same-named evaluator number (as a fraction or percentage),
+    or None. They always should: a difference means the samples were judged differently from the evaluator."""
+    for name in own.keys() & theirs.keys():
+        if not any(math.isclose(own[name] * scale, theirs[name], rel_tol=1e-9, abs_tol=1e-9) for scale in (1, 100)):
+            return f"per-sample verdicts give {name} {own[name]:.6g}, the evaluator {theirs[name]:.6g}"
+    return None
+
+
+def _has_right_and_wrong(group: pd.DataFrame) -> bool:
+    """Whether the evaluator decided right/wrong for the group's answered samples (not e.g. a ROUGE score)."""
+    ok = group[group["status"] == "ok"]
+    return ok.empty or bool(ok["correct"].notna().all())
+
+
+def _summarize_group(group: pd.DataFrame, ks: Sequence[int] | None) -> list[dict]:
     ok = (group["status"] == "ok").to_numpy()
     frame = pd.DataFrame(
         {
@@ -213,18 +216,11 @@ def _summarize_group(model: str, dataset: str, group: pd.DataFrame, ks: Sequence
                 voters = first_k[first_k["ok"]]
                 votes.append(float(majority_vote(list(voters["extracted"]), list(voters["correct"]))))
             per_question[f"cons@{k}"] = np.array(votes)
-    base = {
-        "model": model,
-        "dataset": dataset,
-        "n_questions": len(questions),
-        "n_repeats": n_repeats,
-        "failures": int((~ok).sum()),
-    }
     rows = []
     for metric, values in per_question.items():
         low, high = bootstrap_ci(values)
         rows.append(
-            {**base, "metric": metric, "value": float(values.mean()), "stderr": standard_error(values),
+            {"metric": metric, "value": float(values.mean()), "stderr": standard_error(values),
              "ci_low": low, "ci_high": high}
         )
     return rows

@@ -2,13 +2,14 @@
 
     run = RunDir(Path("runs/demo")).create()
     store = SampleStore(run.samples_jsonl)
-    done = store.finished_keys()            # resume: skip these keys
-    await store.append_async(results)        # durable (fsynced) before it returns
-    latest = store.load()                    # one record per key, the latest wins
+    plan = plan_resume(requests, store.latest())   # resume: send only what is new, changed or failed
+    await store.append_async(results)               # durable (fsynced) before it returns
+    current = matching(store.latest(), requests)    # the report: records made by this config only
 
 `samples.jsonl` is append-only: one `SampleResult` JSON object per line. A crash mid-write leaves at most a
-torn last line, which `load()` skips with a warning; a failed sample retried by a later resume appends a newer
-record for the same key, which supersedes the old one.
+torn last line, which `load()` skips with a warning; a failed sample retried by a later resume, or one re-sent
+because its fingerprint changed (eval_jobs/fingerprint.py), appends a newer record for the same key, which
+supersedes the old one.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from eval_jobs.records import SampleKey, SampleResult
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,59 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def configs_dir(self) -> Path:
+        """Every config the directory was run with, one file per run (config.yaml is the latest)."""
+        return self.root / "configs"
+
+    @property
+    def runs_jsonl(self) -> Path:
+        """One line per run: when, which config, how many samples were reused and how many sent."""
+        return self.root / "runs.jsonl"
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a run sends, and why the rest is not sent again."""
+
+    todo: list[SampleRequest]
+    reused: int  # ok records with the same fingerprint: kept
+    new: int  # no record yet
+    changed: int  # a record, made by other inputs (config, data row, checkpoint): sent again
+    failed: int  # the latest record failed: tried again
+
+    def summary(self) -> str:
+        return (f"{self.reused} samples reused (same fingerprint), {len(self.todo)} to send: {self.new} new, "
+                f"{self.changed} changed since their record, {self.failed} failed before")
+
+
+def plan_resume(requests: Sequence[SampleRequest], latest: dict[SampleKey, SampleResult]) -> ResumePlan:
+    todo, reused, new, changed, failed = [], 0, 0, 0, 0
+    for request in requests:
+        record = latest.get(request.key)
+        if record is None:
+            new += 1
+        elif record.fingerprint != request.fingerprint:
+            changed += 1
+        elif record.status != "ok":
+            failed += 1
+        else:
+            reused += 1
+            continue
+        todo.append(request)
+    return ResumePlan(todo, reused, new, changed, failed)
+
+
+def matching(latest: dict[SampleKey, SampleResult], requests: Sequence[SampleRequest]) -> list[SampleResult]:
+    """The latest record of each request made from the same inputs (fingerprint), in request order: what a report of
+    this config may show. Records of other configs stay in the file, not in the report."""
+    out = []
+    for request in requests:
+        record = latest.get(request.key)
+        if record is not None and record.fingerprint == request.fingerprint:
+            out.append(record)
+    return out
 
 
 class SampleStore:
@@ -142,6 +197,10 @@ class SampleStore:
         for record in self.iter_records():
             latest[record.key] = record
         return list(latest.values())
+
+    def latest(self) -> dict[SampleKey, SampleResult]:
+        """Key → its latest record."""
+        return {r.key: r for r in self.load()}
 
     def finished_keys(self) -> set[SampleKey]:
         """Keys whose latest record is ok. Failed keys are left out, so the next resume tries them again."""

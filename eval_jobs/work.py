@@ -3,8 +3,9 @@
 The driver is the only writer of the run's store: it takes finished results from the queue, appends them durably,
 and only then counts them. Clients hand their answers back with their next lease. A client that dies loses nothing
 but its leases and the answers it had not handed back yet: those samples go back to the queue (at once when the
-driver sees the death, or when the lease expires) and are sent again; a result that arrives for a sample already
-finished elsewhere is dropped, so every key is reported once.
+driver sees the death, or when its lease expires: clients renew the leases of requests still streaming, so only a
+client that stopped renewing loses them) and are sent again; a result that arrives for a sample already finished
+elsewhere is dropped and clears any lease on it, so every key is reported once and the queue always drains.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.net import is_loopback
-from eval_jobs.client import SERVE_SCHEME, Transports, send_chat
+from eval_jobs.client import SERVE_SCHEME, Bounds, Transports, failed_result, send_chat
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 log = logging.getLogger(__name__)
@@ -34,66 +35,113 @@ IDLE_POLL_S = 0.5
 # How many times the driver restarts one client's run after the client actor died, before it gives up.
 MAX_CLIENT_RESTARTS = 3
 CLIENT_PREFIX = "eval-client-"
+# A lease not renewed for this long expires and its sample goes back to the queue. Clients renew the leases of
+# requests still in flight every quarter of it, so an answer may stream for hours and keep its lease, while a
+# client that stops renewing (wedged, or on a host that vanished) loses its samples within a minute.
+LEASE_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
 class ClientSettings:
     concurrency: int
     lease_size: int
-    timeout_s: float
+    timeout_s: float  # the idle bound of one attempt (eval.timeout_s)
     max_retries: int
     backoff_s: float
     api_key: str | None = None
+    first_token_timeout_s: float | None = None  # None: timeout_s
+    max_request_s: float | None = None  # None: no total cap
+    lease_ttl_s: float = LEASE_TTL_S
 
-    def lease_timeout_s(self) -> float:
-        """Longest a healthy client can hold a sample: every attempt timing out, plus the (capped) backoffs."""
-        return (self.max_retries + 1) * (self.timeout_s + 60.0) + 30.0
+    def bounds(self) -> Bounds:
+        return Bounds(idle_s=self.timeout_s, first_token_s=self.first_token_timeout_s, total_s=self.max_request_s)
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_ttl_s / 4
 
 
-@ray.remote(num_cpus=0)
-class WorkQueue:
-    def __init__(self, requests: list[SampleRequest], lease_timeout_s: float):
-        self._pending: collections.deque[SampleRequest] = collections.deque(requests)
-        self._leases: dict[SampleKey, tuple[str, float, SampleRequest]] = {}
+class Leases:
+    """The queue's state, apart from Ray so that its rules can be tested on their own (`clock` is injectable).
+
+    Every key is pending, leased to one client until an expiry its renewals push back, or finished. A key is
+    finished once, by the first result for it; later results for it are dropped and clear any lease on it, so a
+    finished key is never leased again and `remaining()` reaches 0.
+    """
+
+    def __init__(self, requests: Sequence[SampleRequest], ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self._requests = {r.key: r for r in requests}
+        self._pending: collections.deque[SampleKey] = collections.deque(self._requests)
+        self._held: dict[SampleKey, tuple[str, float]] = {}  # key → (client, expires at)
         self._finished: set[SampleKey] = set()
         self._results: list[SampleResult] = []
-        self._lease_timeout_s = lease_timeout_s
+        self._ttl_s = ttl_s
+        self._clock = clock
 
     def lease(self, client: str, n: int, finished: Sequence[SampleResult] = ()) -> list[SampleRequest]:
         """Record `finished` (what the client completed since its last call), then lease it up to `n` more."""
-        self._record(finished)
-        self._requeue(lambda holder, leased_at: time.monotonic() - leased_at > self._lease_timeout_s)
-        batch = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
-        now = time.monotonic()
-        for request in batch:
-            self._leases[request.key] = (client, now, request)
+        self.record(client, finished)
+        self.expire()
+        batch: list[SampleRequest] = []
+        expires = self._clock() + self._ttl_s
+        while self._pending and len(batch) < n:
+            key = self._pending.popleft()
+            if key in self._finished or key in self._held:
+                continue  # finished by a late answer while it waited, or a stale second entry
+            self._held[key] = (client, expires)
+            batch.append(self._requests[key])
         return batch
 
-    def _record(self, results: Sequence[SampleResult]) -> None:
+    def record(self, client: str, results: Sequence[SampleResult]) -> None:
         for result in results:
-            if result.key in self._finished:
-                continue  # finished already by a client that took over an expired lease
-            self._finished.add(result.key)
-            self._leases.pop(result.key, None)
+            key = result.key
+            if key in self._finished or key not in self._requests:
+                self._held.pop(key, None)  # a duplicate: nobody needs to answer it any more
+                continue
+            holder = self._held.get(key, (None, 0.0))[0]
+            if holder not in (None, client) and result.status != "ok":
+                continue  # a late failure from a lease that expired; the client holding it now may still succeed
+            self._held.pop(key, None)  # whoever holds it: its answer would be a duplicate (renew tells it)
+            self._finished.add(key)
             self._results.append(result)
+
+    def renew(self, client: str, keys: Sequence[SampleKey]) -> list[SampleKey]:
+        """Push back the expiry of `client`'s leases on `keys`; returns the keys it no longer holds (expired and
+        leased again, or finished by someone else), whose requests it can stop."""
+        expires, lost = self._clock() + self._ttl_s, []
+        for key in keys:
+            if self._held.get(key, (None,))[0] == client:
+                self._held[key] = (client, expires)
+            else:
+                lost.append(key)
+        return lost
 
     def release(self, client: str) -> int:
         """Give back every sample `client` holds (it died). Returns how many."""
-        return self._requeue(lambda holder, leased_at: holder == client)
+        return self._requeue([key for key, (holder, _) in self._held.items() if holder == client])
+
+    def expire(self) -> int:
+        now = self._clock()
+        return self._requeue([key for key, (_, expires) in self._held.items() if expires < now])
 
     def take_results(self) -> tuple[list[SampleResult], int]:
         """Finished results not yet taken, and how many samples are still unfinished."""
         results, self._results = self._results, []
-        return results, len(self._pending) + len(self._leases)
+        return results, self.remaining()
 
     def remaining(self) -> int:
-        return len(self._pending) + len(self._leases)
+        return len(self._requests) - len(self._finished)
 
-    def _requeue(self, expired: Callable[[str, float], bool]) -> int:
-        keys = [key for key, (holder, leased_at, _) in self._leases.items() if expired(holder, leased_at)]
+    def _requeue(self, keys: list[SampleKey]) -> int:
         for key in keys:
-            self._pending.appendleft(self._leases.pop(key)[2])
+            del self._held[key]
+        self._pending.extendleft(reversed(keys))  # first, in their order: they have waited longest
         return len(keys)
+
+
+@ray.remote(num_cpus=0)
+class WorkQueue(Leases):
+    """`Leases` as the run's queue actor (on the driver's host)."""
 
 
 @ray.remote(num_cpus=0)
@@ -107,8 +155,9 @@ class EvalClient:
     async def run(self, queue) -> int:
         s = self._settings
         sent = 0
-        in_flight: set[asyncio.Task] = set()
+        in_flight: dict[asyncio.Task, SampleKey] = {}
         finished: list[SampleResult] = []
+        renewed_at = time.monotonic()
         async with Transports(s.concurrency, s.api_key) as session:
             while True:
                 free = s.concurrency - len(in_flight)
@@ -119,23 +168,41 @@ class EvalClient:
                     batch = await queue.lease.remote(self._name, min(free, s.lease_size), finished)
                     finished = []
                 for request in batch:
-                    in_flight.add(asyncio.create_task(self._one(session, request)))
+                    in_flight[asyncio.create_task(self._one(session, request))] = request.key
                 sent += len(batch)
                 if batch and len(in_flight) < s.concurrency:
                     continue  # fill every slot before waiting
+                if in_flight and time.monotonic() - renewed_at >= s.renew_every_s:
+                    renewed_at = time.monotonic()
+                    await self._renew(queue, in_flight)
                 if in_flight:
-                    done, in_flight = await asyncio.wait(in_flight, timeout=IDLE_POLL_S,
-                                                         return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(in_flight, timeout=IDLE_POLL_S, return_when=asyncio.FIRST_COMPLETED)
                     finished = [task.result() for task in done]
+                    for task in done:
+                        del in_flight[task]
                 elif await queue.remaining.remote() == 0:
                     return sent
                 else:
                     await asyncio.sleep(IDLE_POLL_S)  # others hold the rest; their leases may come back
 
+    async def _renew(self, queue, in_flight: dict[asyncio.Task, SampleKey]) -> None:
+        """Keep the leases of requests still streaming; stop the requests whose samples are no longer ours."""
+        lost = set(await queue.renew.remote(self._name, list(in_flight.values())))
+        for task, key in list(in_flight.items()):
+            if key in lost:
+                task.cancel()
+                del in_flight[task]
+        if lost:
+            log.warning("%s: %d leases were lost (expired or finished elsewhere); their requests stopped",
+                        self._name, len(lost))
+
     async def _one(self, session, request: SampleRequest) -> SampleResult:
         s = self._settings
-        return await send_chat(session, request, timeout_s=s.timeout_s, max_retries=s.max_retries,
-                               backoff_s=s.backoff_s)
+        try:
+            return await send_chat(session, request, bounds=s.bounds(), max_retries=s.max_retries,
+                                   backoff_s=s.backoff_s)
+        except Exception as exc:  # send_chat records failures itself; this guards the actor against its bugs
+            return failed_result(request, f"internal error in the client ({type(exc).__name__}): {exc}")
 
 
 def client_placement(requests: Sequence[SampleRequest]) -> Any:
@@ -160,14 +227,15 @@ def distribute(
     num_clients: int,
     on_results: Callable[[list[SampleResult]], None],
     watch: Callable[[], None] | None = None,
-) -> None:
+) -> int:
     """Run `requests` through `num_clients` client actors; `on_results` gets every finished batch (it must make them
-    durable before returning). Returns when every request has a result. `watch` is called between turns and may
-    raise to end the run (a host was lost and what it served cannot come back): results so far are kept."""
+    durable before returning). Returns, once every request has a result, how many times a client actor died and
+    was restarted. `watch` is called between turns and may raise to end the run (a host was lost and what it
+    served cannot come back): results so far are kept."""
     if not requests:
-        return
+        return 0
     # The queue lives on the driver's host: it is the run's state, and should any other host die, it survives.
-    queue = WorkQueue.options(scheduling_strategy=_this_node()).remote(requests, settings.lease_timeout_s())
+    queue = WorkQueue.options(scheduling_strategy=_this_node()).remote(requests, settings.lease_ttl_s)
     run = uuid.uuid4().hex[:8]
 
     placement = client_placement(requests)
@@ -189,7 +257,7 @@ def distribute(
                 results, _ = ray.get(queue.take_results.remote())
                 if results:
                     on_results(results)
-                return
+                return sum(restarts.values())
             if watch:
                 watch()
             ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=IDLE_POLL_S)

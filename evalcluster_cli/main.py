@@ -144,6 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "models": args.models, "datasets": args.datasets,
         "data_dir": args.data_dir, "num_repeats": args.num_repeats, "k": args.k, "limit": args.limit,
         "concurrency": args.concurrency, "clients": args.clients, "timeout_s": args.timeout,
+        "first_token_timeout_s": args.first_token_timeout, "max_request_s": args.max_request_time,
         "max_retries": args.max_retries, "output": args.output,
     })  # fmt: skip
     if generation:
@@ -214,6 +215,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    if args.check:
+        from eval_jobs.coverage.__main__ import run
+
+        return run(args.search or "*", args.output)
+    if not args.search:
+        raise ConfigError("datasets: give --search NAME (or --check)")
     from eval_jobs.datasets import find_dataset_configs
 
     found = find_dataset_configs(args.search, args.data_dir)
@@ -245,7 +252,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(f"stopped {len(stopped)} Ray node process(es)" if stopped else "no cluster started by evalcluster")
         return 0
     else:
-        print(nodes.format_status(nodes.cluster_status(args.address)))
+        from cluster.status import cluster_status, format_status
+        from serve_apps.ingress import served_model
+
+        print(format_status(cluster_status(args.address, model_of=served_model)))
         return 0
     print(f"Ray at {state.gcs_address}  (dashboard {state.dashboard_url or '-'})")
     print("drivers and jobs use this environment:")
@@ -285,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--concurrency", type=int, help="requests in flight per client")
     p.add_argument("--clients", type=int, help="client actors")
-    p.add_argument("--timeout", type=float, help="seconds per request attempt")
+    p.add_argument("--timeout", type=float, help="idle bound: seconds an answer may send nothing before the attempt "
+                   "ends (a steady stream is never cut)")
+    p.add_argument("--first-token-timeout", type=float, help="seconds to wait for an answer's first token")
+    p.add_argument("--max-request-time", type=float, help="optional cap on one attempt, end to end (not retried)")
     p.add_argument("--max-retries", type=int)
     p.add_argument("--output", help="run directory (running again resumes)")
     _api_key_flags(p)
@@ -314,8 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("datasets", help="find AISBench dataset configs and their data files")
-    p.add_argument("--search", required=True, metavar="NAME")
+    p.add_argument("--search", metavar="NAME", help="configs whose name contains NAME (or matches it as a glob)")
     p.add_argument("--data-dir")
+    p.add_argument("--check", action="store_true", help="coverage: load, render and score a tiny data file in "
+                   "each (matching) config's format with AISBench's own loader and evaluator")
+    p.add_argument("--output", help="--check: write the Markdown table here (make coverage: docs/coverage.md)")
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("cluster", help="start/stop this machine's Ray node, or show the cluster")

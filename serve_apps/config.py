@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from cluster.configfile import StrictModel
 from cluster.net import is_loopback
 from cluster.paths import REPO_ROOT
-from cluster.secrets import api_key_from, check_secret_file
+from cluster.secrets import check_secret_file, key_from_file_or_env
 
 Platform = Literal["ascend", "cuda", "cpu"]
 EngineArgValue = str | int | float | bool
@@ -37,7 +37,11 @@ class EngineConfig(StrictModel):
     startup_timeout_s: float = Field(900.0, gt=0, description="Seconds an engine may take to answer /health and /v1/models.")
     health_timeout_s: float = Field(10.0, gt=0, description="Timeout of one engine health probe.")
     health_check_period_s: float = Field(5.0, gt=0, description="How often Serve probes each engine.")
-    request_timeout_s: float = Field(1800.0, gt=0, description="Longest a forwarded request may take end to end.")
+    read_timeout_s: float = Field(
+        3600.0, gt=0, description="Longest the engine supervisor waits for the engine's next bytes (its first ones "
+        "included: a long prefill sends none). A stream that keeps producing is never cut; no layer of the endpoint "
+        "has a total deadline (evaluation clients bound silence themselves: eval.timeout_s).",
+    )
     cpus_per_replica: float = Field(
         1.0, ge=0, description="Ray CPUs one replica reserves (on cpu, the engine's compute; elsewhere, its host process)."
     )
@@ -155,11 +159,7 @@ class ServeConfig(StrictModel):
     models: list[ModelConfig] = Field(default_factory=list, description="Checkpoints served from the start.")
 
     _key_file_ok = field_validator("api_key_file")(check_secret_file)
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_from_file_or_env(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        return api_key_from(value, info.data.get("api_key_file"))
+    _key_resolved = field_validator("api_key")(key_from_file_or_env)
 
     @model_validator(mode="after")
     def _no_open_public_endpoint(self) -> ServeConfig:

@@ -17,11 +17,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
 
 from serve_apps.builder import build_engine_app, build_ingress_app
-from cluster.errors import ConfigError
-from cluster.planner import check_feasible, live_nodes, replica_needs
+from cluster.errors import ClusterConnectionError, ConfigError, InfeasiblePlacementError
+from cluster.planner import check_feasible, find_infeasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.errors import EngineStartupError, ModelNotFoundError, WaitCancelled
-from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name
+from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name, served_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +44,7 @@ class Endpoint:
         self.port = cfg.port
         self._models: dict[str, ModelConfig] = {}  # what this Endpoint deployed: all `stop` removes
         self._started_serve = False  # Serve's controller and proxy were started by this Endpoint
+        self._state_api = True  # until a look at Ray's state API fails
 
     @property
     def url(self) -> str:
@@ -57,11 +58,11 @@ class Endpoint:
             # would retry a taken port forever, and we would wait on it.
             self.port = on_head(_bindable_port, self.host, self.port)
             self._started_serve = True
-        serve.start(
-            proxy_location=self.cfg.proxy_location,
-            http_options={"host": self.cfg.host, "port": self.port,
-                          "request_timeout_s": self.cfg.engine.request_timeout_s},
-        )
+        # No request_timeout_s: Serve's proxy applies it to the whole request, so it would cut a long answer that is
+        # still streaming (and a cut stream is retried from scratch). Silence is bounded by the supervisor's read
+        # timeout and by the clients' own idle and first-token bounds.
+        serve.start(proxy_location=self.cfg.proxy_location,
+                    http_options={"host": self.cfg.host, "port": self.port, "request_timeout_s": None})
         # A running Serve keeps its own HTTP options: the endpoint is wherever its proxy really listens.
         http = _get_global_client().http_config
         if (http.host, http.port) != (self.cfg.host, self.port):
@@ -120,6 +121,11 @@ class Endpoint:
         while pending:
             if cancel is not None and cancel.is_set():
                 raise WaitCancelled(f"stopped while waiting for {sorted(pending)}")
+            stuck = self._never_placeable(pending)
+            if stuck:
+                for name in pending:
+                    self.remove_model(name)
+                raise InfeasiblePlacementError("; ".join(stuck))
             apps = serve.status().applications
             for name in list(pending):
                 app = apps.get(engine_app_name(name))
@@ -135,6 +141,21 @@ class Endpoint:
             if pending:
                 time.sleep(1.0)
         self._wait_listed(names, deadline)
+
+    def _never_placeable(self, names: set[str]) -> list[str]:
+        """Messages for replicas of `names` that Ray accepted but can never place (Serve would wait out the whole
+        startup timeout). Needs the state API: without a dashboard (the embedded Ray's default) there are none. Each
+        look costs two state API calls, which is why it runs only while checkpoints are being waited for."""
+        from ray.util.state.exception import RayStateApiException
+
+        if not self._state_api:
+            return []
+        try:
+            messages = find_infeasible(served_model)
+        except (ClusterConnectionError, RayStateApiException):  # no dashboard: don't ask again
+            self._state_api = False
+            return []
+        return [m for m in messages if any(m.startswith(f"model {name} ") for name in names)]
 
     def _wait_listed(self, names: list[str], deadline: float) -> None:
         headers = {"Authorization": f"Bearer {self.cfg.api_key.get_secret_value()}"} if self.cfg.api_key else {}

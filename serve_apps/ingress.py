@@ -37,6 +37,14 @@ def engine_app_name(served_model_name: str) -> str:
     return ENGINE_APP_PREFIX + served_model_name
 
 
+def served_model(app: str, deployment: str) -> str | None:
+    """The model a Serve deployment serves, if it is a checkpoint's engine supervisor (for cluster status and
+    placement messages, which know Serve's naming but not ours)."""
+    if deployment != ENGINE_DEPLOYMENT or not app.startswith(ENGINE_APP_PREFIX):
+        return None
+    return app.removeprefix(ENGINE_APP_PREFIX) or None
+
+
 class IngressSettings(BaseModel):
     api_key: str | None = Field(None, description="Bearer key required on /v1 routes; None: open.")
     max_request_bytes: int = Field(8 * 1024 * 1024, description="Larger bodies get 413.")

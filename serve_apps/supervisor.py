@@ -12,6 +12,7 @@ from ray import serve
 
 from cluster.planner import replica_needs
 from cluster.secrets import redact_argv
+from serve_apps.checkpoint_id import checkpoint_identity
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.engine_process import launch_engine
 from serve_apps.errors import EngineUnavailableError
@@ -50,14 +51,17 @@ class EngineSupervisor:
         self._engine = launch_engine(model, engine, cpus=engine.cpus_per_replica)
         # No pool limit: the engine does its own queueing, and the replica's max_ongoing_requests bounds us already.
         # The engine's key on every request, health probes included (/health is open, but one client, one rule);
-        # no proxy from the environment: none may see the key.
+        # no proxy from the environment: none may see the key. httpx's read timeout applies per read: it ends a
+        # silent engine's answer, never one still streaming.
         self._client = httpx.AsyncClient(
             base_url=self._engine.base_url,
             headers=self._engine.headers,
-            timeout=httpx.Timeout(engine.request_timeout_s, connect=10.0),
+            timeout=httpx.Timeout(engine.read_timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             trust_env=False,
         )
+        # Once, at start: the files this replica's engine loaded (evaluation records carry it; see checkpoint_id).
+        self._identity = checkpoint_identity(model.model)
         log.info("engine for %s ready at %s (pid %s)", model.name, self._engine.base_url, self._engine.proc.pid)
 
     async def forward(self, method: str, path: str, body: bytes | None = None) -> AsyncIterator[dict | bytes]:
@@ -93,6 +97,10 @@ class EngineSupervisor:
         response = await self._client.get("/health", timeout=self._engine_cfg.health_timeout_s)
         if response.status_code != 200:
             raise RuntimeError(f"engine for {self._model.name!r} answered /health with {response.status_code}")
+
+    def checkpoint_identity(self) -> str:
+        """What this replica serves, as files (path, weight files' sizes and times) — not just its served name."""
+        return self._identity
 
     def engine_info(self) -> dict[str, Any]:
         """Where the engine listens (on its node's loopback), its pid, argv and node, and the 0600 file on its node

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import httpx
 
 from cluster.hosts import SimHost
 from eval_jobs.datasets import resolve_config
@@ -77,3 +80,38 @@ def fetch_from(host: SimHost | None, url: str) -> str:
     argv = [sys.executable, "-c", code, url]
     return subprocess.run(host.command(argv) if host else argv, capture_output=True, text=True,
                           timeout=30).stdout.strip()
+
+
+@contextlib.contextmanager
+def sim_engine(name: str = "sim", *, ttft_s: float = 0.1, tpot_s: float = 0.05,
+               output_tokens: int | None = 8) -> Iterator[str]:
+    """The simulated-latency engine as its own process on a free loopback port; yields its base URL. For tests where
+    time matters (its answers are filler, never scored)."""
+    from serve_apps.engine_process import free_port
+
+    port = free_port()
+    argv = [sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", name, "--ttft-s", str(ttft_s),
+            "--tpot-s", str(tpot_s), "--host", "127.0.0.1", "--port", str(port)]
+    if output_tokens is not None:
+        argv += ["--output-tokens", str(output_tokens)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def sim_requests(url: str) -> int:
+    """Generation requests the simulated engine at `url` received (a re-sent request counts again)."""
+    return int(httpx.get(url + "/sim/stats").json()["requests"])

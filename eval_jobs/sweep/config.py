@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -86,6 +86,14 @@ class SweepConfig(StrictModel):
         "tensor_parallel_size and platform).",
     )
     note: str | None = Field(None, description="A line shown with the report's title, e.g. 'synthetic trajectory'.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] | None = Field(
+        None, description="Trackers for the sweep's learning curves (each checkpoint at its training step); "
+        "None: eval.trackers (default [tensorboard]).",
+    )
+    logdir: str | None = Field(
+        None, description="Where the trackers write, e.g. the training run's TensorBoard directory, so eval curves "
+        "sit beside its loss; None: eval.logdir, else <sweep dir>/tensorboard.",
+    )
     max_concurrent: int | None = Field(
         None, ge=1, description="At most this many checkpoints deployed at once (default: as many as fit).",
     )

@@ -13,13 +13,16 @@ per-question accuracy difference (10,000 resamples, fixed seed).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from matplotlib.figure import Figure
 from rich.console import Console
 
+from eval_jobs.provenance import provenance_md
 from eval_jobs.report import html_page, markdown_table, png_bytes, rich_table, write_atomic
 from eval_jobs.store import RunDir
 
@@ -62,8 +65,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return float(binomtest(min(b, c), n, 0.5).pvalue)  # exact McNemar is a sign test on the discordant pairs
 
 
 def paired_bootstrap(diffs: np.ndarray, n_resamples: int = N_PAIRED_BOOTSTRAP, seed: int = PAIRED_SEED) -> float:
@@ -150,7 +152,8 @@ def checkpoint_order(names_and_steps: Sequence[tuple[str, int | None]]) -> pd.Da
 
 
 def write_sweep_report(sweep_dir: RunDir, samples: pd.DataFrame, summary: pd.DataFrame,
-                       order: pd.DataFrame, *, note: str | None = None) -> pd.DataFrame:
+                       order: pd.DataFrame, *, note: str | None = None,
+                       origin: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Write sweep.csv (the curve), comparisons.csv, plots/curve_<dataset>.png and sweep.md / sweep.html; returns
     the wide checkpoint table."""
     curve = curve_frame(summary, order)
@@ -166,12 +169,13 @@ def write_sweep_report(sweep_dir: RunDir, samples: pd.DataFrame, summary: pd.Dat
     title = "evalcluster sweep" + (f" — {note}" if note else "")
     intro = (f"Best checkpoint ({PRIMARY_METRIC}, mean over datasets): {best}" if best else "No scores yet.")
     sections = {"Checkpoints": table, "Paired comparisons": tests}
-    md = [f"# {title}", "", intro, ""]
+    md = [f"# {title}", "", *provenance_md(origin), intro, ""]
     for heading, frame in sections.items():
         md += [f"## {heading}", "", markdown_table(frame), ""]
     md += [f"![{name}](plots/{name}.png)" for name in plots]
     write_atomic(root / "sweep.md", ("\n".join(md) + "\n").encode())
-    write_atomic(root / "sweep.html", html_page(title, sections, plots, simulated=False, intro=intro).encode())
+    write_atomic(root / "sweep.html", html_page(title, sections, plots, simulated=False, intro=intro,
+                                                     origin=origin).encode())
     return table
 
 

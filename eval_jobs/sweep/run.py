@@ -12,6 +12,7 @@ never re-sent. Ctrl-C or SIGTERM stops within seconds (deployments retired, fini
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -21,9 +22,12 @@ import pandas as pd
 
 from cluster.connection import ray_session
 from cluster.errors import run_command
-from eval_jobs.datasets import load_datasets
-from eval_jobs.report import print_summary, write_config, write_report
-from eval_jobs.run import output_dir
+from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.report import library_versions, print_summary, write_config, write_report
+from eval_jobs.provenance import provenance
+from eval_jobs.run import build_requests, output_dir, tracker_logdir, with_references
+from eval_jobs.trackers import check_installed, open_trackers
+from eval_jobs.viewer import write_viewer
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.sweep.checkpoints import Watcher, discover
 from eval_jobs.sweep.config import SweepJobConfig, load_sweep_config
@@ -50,6 +54,8 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
     idle). `on_scored(checkpoint, summary_rows)` is called once per checkpoint as its scores are known."""
     if job.serve.api_key and not job.eval.api_key:
         job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
+    tracker_names = job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers
+    check_installed(tracker_names)  # before anything starts
     datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir)}
     checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
     mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
@@ -61,24 +67,31 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
     events = EventLog(sweep_dir.root / "events.jsonl")
     simulated = job.serve.engine.kind == "sim"
 
+    trackers = open_trackers(tracker_names, tracker_logdir(job.sweep.logdir or job.eval.logdir, sweep_dir),
+                             sweep_dir.root)
+
     def scored(name: str, summary: pd.DataFrame) -> None:
-        # In the scoring thread: the report follows the sweep as it goes (from kept scores: pandas, no judging).
+        # In the scoring thread: the report follows the sweep as it goes (from kept scores: pandas, no judging),
+        # and each checkpoint reaches the trackers at its training step once, when all its samples are in.
         # A copy: the scheduler adds checkpoints (watch) while this thread reads them.
-        write_reports(sweep_dir, job, scorer, dict(sweep.checkpoints), simulated)
+        checkpoints = dict(sweep.checkpoints)
+        write_reports(sweep_dir, job, scorer, datasets, checkpoints, dict(sweep.sources), simulated)
+        trackers.log(summary, steps=checkpoints)
         if on_scored is not None and not summary.empty:
             on_scored(name, summary)
 
     scorer = CheckpointScorer(datasets, job.eval.k, events, simulated=simulated, on_scored=scored)
 
-    with ray_session(job.cluster):
-        from serve_apps.endpoint import Endpoint
+    with contextlib.closing(trackers):
+        with ray_session(job.cluster):
+            from serve_apps.endpoint import Endpoint
 
-        endpoint = Endpoint(job.serve).start()
-        sweep = Sweep(job, endpoint, list(datasets.values()), store, events, scorer)
-        sweep.run(checkpoints, watcher)
-    scorer.wait()
-    scorer.close()
-    summary, table = write_reports(sweep_dir, job, scorer, sweep.checkpoints, simulated)
+            endpoint = Endpoint(job.serve).start()
+            sweep = Sweep(job, endpoint, list(datasets.values()), store, events, scorer)
+            sweep.run(checkpoints, watcher)
+        scorer.wait()
+        scorer.close()
+    summary, table = write_reports(sweep_dir, job, scorer, datasets, sweep.checkpoints, sweep.sources, simulated)
     if not summary.empty:
         print_summary(summary, simulated=simulated)
     if table is not None:
@@ -89,28 +102,36 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
         for dataset, reason in datasets_failed.items():
             failed[f"{name} / {dataset}"] = f"not scored: {reason}"
             print(f"{name} / {dataset}: not scored: {reason}", file=sys.stderr)
-    records = [r for by_key in sweep.records.values() for r in by_key.values() if r.model in sweep.checkpoints]
+    records = [r for name in sweep.checkpoints for r in sweep.records_of(name)]
     return SweepResult(summary if table is None else table, failed, sum(r.status != "ok" for r in records))
 
 
-def write_reports(sweep_dir: RunDir, job: SweepJobConfig, scorer: CheckpointScorer,
-                  checkpoints: dict[str, int | None], simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The per-checkpoint summary (summary.*) and, unless simulated, the sweep's own pages (sweep.*) from the
-    scorer's per-checkpoint results (nothing is judged again here); returns (summary table, checkpoint table or
-    None)."""
+def write_reports(sweep_dir: RunDir, job: SweepJobConfig, scorer: CheckpointScorer, datasets: dict[str, EvalDataset],
+                  checkpoints: dict[str, int | None], sources: dict[str, str],
+                  simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The per-checkpoint summary (summary.*), the sample viewer (samples.html) and, unless simulated, the sweep's
+    own pages (sweep.*), from the scorer's per-checkpoint results (nothing is judged again here); returns (summary
+    table, checkpoint table or None)."""
     frame, summary = scorer.results()
     if frame.empty:
         return pd.DataFrame(), None
     frame = frame[frame["model"].isin(list(checkpoints))].reset_index(drop=True)
+    origin = provenance(build_requests(job.eval, {n: "" for n in checkpoints}, list(datasets.values())),
+                        {n: {"path": sources.get(n), "step": step} for n, step in checkpoints.items()},
+                        {n: d.config_name for n, d in datasets.items()}, library_versions())
+    write_viewer(sweep_dir, with_references(frame, datasets), origin,
+                 title="evalcluster sweep samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
     if simulated:
-        return write_report(sweep_dir, frame, None, simulated=True, config=job,
+        return write_report(sweep_dir, frame, None, simulated=True, config=job, origin=origin,
                             title="evalcluster sweep (simulated engines)"), None
     if summary.empty:
-        return write_report(sweep_dir, frame, None, config=job, title="evalcluster sweep: per checkpoint"), None
+        return write_report(sweep_dir, frame, None, config=job, origin=origin,
+                            title="evalcluster sweep: per checkpoint"), None
     summary = summary[summary["model"].isin(list(checkpoints))].reset_index(drop=True)
-    table = write_report(sweep_dir, frame, summary, config=job, title="evalcluster sweep: per checkpoint")
+    table = write_report(sweep_dir, frame, summary, config=job, origin=origin,
+                         title="evalcluster sweep: per checkpoint")
     order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))
-    return table, write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note)
+    return table, write_sweep_report(sweep_dir, frame, summary, order, note=job.sweep.note, origin=origin)
 
 
 def main(argv: list[str] | None = None) -> int:

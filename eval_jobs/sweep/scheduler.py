@@ -37,14 +37,15 @@ import ray
 from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
-from eval_jobs.records import SampleKey, SampleResult
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.run import build_requests, client_settings, data_plane
-from eval_jobs.store import SampleStore
+from eval_jobs.store import SampleStore, matching, plan_resume
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig
 from eval_jobs.sweep.convert import convert_remote
 from eval_jobs.sweep.scores import CheckpointScorer
 from eval_jobs.work import distribute
+from serve_apps.checkpoint_id import checkpoint_identity, files_identity
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.endpoint import Endpoint
 from serve_apps.errors import WaitCancelled
@@ -99,6 +100,14 @@ class Planned:
     model_dir: Path | None = None
 
 
+def checkpoint_identity_of(checkpoint: Checkpoint) -> str:
+    """What a checkpoint is, as files, computed here (before it is deployed or converted): an HF directory the way
+    its engine supervisor computes it, a .ckpt or MindRLHF step by the files conversion reads."""
+    if not checkpoint.needs_conversion:
+        return checkpoint_identity(str(checkpoint.source))
+    return f"{checkpoint.kind}:{checkpoint.source}:{files_identity(checkpoint.files())}"
+
+
 def _largest_first(p: Planned) -> tuple[float, float, str]:
     """Pending order: most devices per checkpoint first (they are the hardest to place), then step order."""
     return (-p.needs.device_count * p.num_replicas, *p.checkpoint.sort_key())
@@ -123,9 +132,11 @@ class Sweep:
         self.stop = threading.Event()  # set on Ctrl-C / SIGTERM: every thread winds down and retires
         self.failed: dict[str, str] = {}
         self.checkpoints: dict[str, int | None] = {}  # every checkpoint planned: name → step
-        # The store's records by checkpoint, read once at the start and kept current by _record: what scoring
-        # and resume need, without reading the whole store again at every deploy and retirement.
-        self.records: dict[str, dict[SampleKey, SampleResult]] = {}
+        self.sources: dict[str, str] = {}  # name → where its weights came from
+        self.requests: dict[str, list[SampleRequest]] = {}  # every checkpoint planned: name → its samples
+        # The store's latest record of every sample, read once at the start and kept current by _record: what
+        # resume and scoring need, without reading the whole store again at every deploy and retirement.
+        self.latest: dict[SampleKey, SampleResult] = {}
         self._store_lock = threading.Lock()
         self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
 
@@ -140,6 +151,7 @@ class Sweep:
         replicas = self.job.sweep.serving.num_replicas
         check_feasible(checkpoint.name, needs, replicas, nodes)
         self.checkpoints[checkpoint.name] = checkpoint.step
+        self.sources[checkpoint.name] = str(checkpoint.source)
         return Planned(checkpoint, engine, needs, replicas,
                        model_dir=None if checkpoint.needs_conversion else checkpoint.source)
 
@@ -149,8 +161,14 @@ class Sweep:
             serving["tensor_parallel_size"] = planned.checkpoint.tensor_parallel_size
         return ModelConfig(model=str(planned.model_dir), served_model_name=planned.checkpoint.name, **serving)
 
-    def keys_of(self, name: str) -> set[SampleKey]:
-        return {r.key for r in build_requests(self.job.eval, {name: ""}, self.datasets)}
+    def requests_of(self, checkpoint: Checkpoint) -> list[SampleRequest]:
+        """Every sample of `checkpoint`, fingerprinted with what its files are now (a retrained `step_400` is another
+        checkpoint under the same name); kept for the report, which shows only answers of these fingerprints."""
+        identity = checkpoint_identity_of(checkpoint)
+        name = checkpoint.name
+        requests = build_requests(self.job.eval, {name: data_plane(name)}, self.datasets, {name: identity})
+        self.requests[name] = requests
+        return requests
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -166,12 +184,10 @@ class Sweep:
         self._remove_leftovers(planned)
         # The budget is what is free now (other apps keep theirs); from here on the ledger tracks the sweep's own.
         ledger = Ledger.of(live_nodes())
-        for record in self.store.load():
-            self.records.setdefault(record.model, {})[record.key] = record
-        finished = {r.key for by_key in self.records.values() for r in by_key.values() if r.status == "ok"}
+        self.latest = self.store.latest()
         pending: list[Planned] = []
         for p in planned:
-            self._enqueue(p, finished, pending)
+            self._enqueue(p, pending)
         pending.sort(key=_largest_first)
         if watcher:
             watcher.mark_known(c.name for c in checkpoints)
@@ -180,7 +196,7 @@ class Sweep:
         # One thread per deployed checkpoint: each mostly waits (for its engine, for its client actors).
         with concurrent.futures.ThreadPoolExecutor(max_active, thread_name_prefix="sweep") as pool:
             try:
-                self._loop(pool, nodes, ledger, pending, active, finished, max_active, watcher)
+                self._loop(pool, nodes, ledger, pending, active, max_active, watcher)
             except BaseException:
                 # Ctrl-C (or a bug): every thread sees `stop` within a second, abandons its samples in flight and
                 # retires its deployment; leaving the `with` then waits only for that.
@@ -196,8 +212,8 @@ class Sweep:
                 raise
 
     def _loop(self, pool: concurrent.futures.ThreadPoolExecutor, nodes: Sequence[NodeCapacity], ledger: Ledger,
-              pending: list[Planned], active: dict[concurrent.futures.Future, Planned], finished: set[SampleKey],
-              max_active: int, watcher: Watcher | None) -> None:
+              pending: list[Planned], active: dict[concurrent.futures.Future, Planned], max_active: int,
+              watcher: Watcher | None) -> None:
         last_activity = time.monotonic()
         next_scan = 0.0
         while True:
@@ -207,7 +223,7 @@ class Sweep:
                     last_activity = time.monotonic()
                     self.events.write("found", c.name, source=str(c.source), step=c.step)
                     try:
-                        self._enqueue(self.plan(c, nodes), finished, pending)
+                        self._enqueue(self.plan(c, nodes), pending)
                     except Exception as exc:  # an infeasible checkpoint found later: fail it, go on
                         self._fail(c.name, exc)
                 pending.sort(key=_largest_first)
@@ -250,7 +266,7 @@ class Sweep:
                     continue  # deployed again later; scored when it is done
                 except Exception as exc:
                     self._fail(name, exc)
-                self.scorer.submit(name, self._records_of(name))
+                self.scorer.submit(name, self.records_of(name))
                 self.events.write("scoring", name, loop_stall_s=round(time.monotonic() - t0, 6))
 
     def _replan_after_loss(self, p: Planned, exc: HostLostError, ledger: Ledger, pending: list[Planned]) -> None:
@@ -278,11 +294,11 @@ class Sweep:
             self.endpoint.remove_model(name)
             self.events.write("retired", name, reason="left behind by a previous run")
 
-    def _enqueue(self, p: Planned, finished: set[SampleKey], pending: list[Planned]) -> None:
+    def _enqueue(self, p: Planned, pending: list[Planned]) -> None:
         name = p.checkpoint.name
-        if self.keys_of(name) <= finished:
-            self.events.write("skipped", name, reason="every sample already evaluated")
-            self.scorer.submit(name, self._records_of(name))
+        if not plan_resume(self.requests_of(p.checkpoint), self.latest).todo:
+            self.events.write("skipped", name, reason="every sample already evaluated with the same fingerprint")
+            self.scorer.submit(name, self.records_of(name))
             return
         if p.checkpoint.needs_conversion:
             p.conversion = convert_remote(p.checkpoint, Path(self.job.sweep.base), self.job.sweep.cache_dir())
@@ -329,11 +345,13 @@ class Sweep:
                 self.endpoint.add_models([model], engine=p.engine, wait=False, node_address=node_address)
             self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60, cancel=self.stop)
             self.events.write("ready", name)
-            requests = build_requests(self.job.eval, {name: data_plane(name)}, self.datasets)
-            finished = {r.key for r in self._records_of(name) if r.status == "ok"}
-            todo = [r for r in requests if r.key not in finished]
-            log.info("%s: ready; %d of %d samples to send", name, len(todo), len(requests))
-            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
+            requests = self.requests[name]
+            with self._store_lock:
+                plan = plan_resume(requests, self.latest)
+            log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
+            self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
+                              changed=plan.changed, failed_before=plan.failed)
+            distribute(plan.todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
         except (SweepStopped, WaitCancelled):
             log.info("%s: stopped; samples in flight abandoned", name)
             raise
@@ -343,13 +361,14 @@ class Sweep:
             self.events.write("retired", name)
             log.info("%s: retired", name)
 
-    def _records_of(self, name: str) -> list[SampleResult]:
+    def records_of(self, name: str) -> list[SampleResult]:
+        """The latest records of `name`'s planned samples (this config, the checkpoint's current files)."""
         with self._store_lock:
-            return list(self.records.get(name, {}).values())
+            return matching(self.latest, self.requests.get(name, []))
 
     def _record(self, results: list[SampleResult]) -> None:
         with self._store_lock:
             self.store.append(results)  # durable before it counts, as in eval_jobs.run
             for r in results:
-                self.records.setdefault(r.model, {})[r.key] = r
+                self.latest[r.key] = r
 

@@ -12,8 +12,8 @@ and the loop goes straight back to deploying. `score_checkpoint` is the one plac
 there, in the scoring thread, once per checkpoint (trackers hook in here; `summary` is empty for simulated engines
 or when no dataset could be scored). An `on_scored` that raises is logged; scoring goes on.
 
-An evaluator that raises fails that checkpoint's dataset, with its reason (`failed`, and a `score-failed` event):
-the checkpoint's other datasets are scored and the sweep goes on.
+An evaluator that raises fails that checkpoint's dataset, with its reason (`failed`, a `score-failed` event and a
+"scoring failed" summary row): the checkpoint's other datasets are scored and the sweep goes on.
 
 The thread is a daemon: a sweep stopped with Ctrl-C does not wait for AISBench to finish; the samples are in the
 store, and the rerun scores them.
@@ -34,7 +34,7 @@ from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleResult
 from eval_jobs.report import samples_frame
 from eval_jobs.run import score
-from eval_jobs.scoring import summarize
+from eval_jobs.scoring import EVALUATOR_METRICS, SCORING_ERRORS, summarize
 
 log = logging.getLogger("evalcluster.sweep")
 
@@ -81,6 +81,9 @@ class CheckpointScorer:
         with self._lock:
             frames, summaries = list(self._frames.values()), list(self._summaries.values())
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        # What judge_frame leaves in attrs, per checkpoint: concat keeps attrs only where all frames agree.
+        for key in (EVALUATOR_METRICS, SCORING_ERRORS):
+            frame.attrs[key] = [row for f in frames for row in f.attrs.get(key, [])]
         summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
         return frame, summary
 
@@ -102,25 +105,17 @@ class CheckpointScorer:
                     self._idle.notify_all()
 
     def score_checkpoint(self, name: str, records: Sequence[SampleResult]) -> pd.DataFrame:
-        """Judge one checkpoint's samples dataset by dataset and reduce them to its summary rows; the summary is
-        kept for the report and handed to `on_scored`. Returns the summary (empty when simulated)."""
+        """Judge one checkpoint's samples (each dataset on its own, `eval_jobs.run.score`) and reduce them to its
+        summary rows; the summary is kept for the report and handed to `on_scored`. Returns the summary (empty when
+        simulated)."""
         t0 = time.monotonic()
-        frame = samples_frame(records)
-        if self.simulated or frame.empty:
-            summary = pd.DataFrame()
+        if self.simulated:
+            frame, summary = samples_frame(records), pd.DataFrame()
         else:
-            parts, rows = [], []
-            for dataset, group in frame.groupby("dataset", sort=True):
-                ds_records = [r for r in records if r.dataset == dataset]
-                try:
-                    scored = score(ds_records, {str(dataset): self.datasets[str(dataset)]})
-                    rows.append(summarize(scored, self.ks))
-                except Exception as exc:  # an AISBench evaluator (or its config) failed on these answers
-                    self._fail(name, str(dataset), exc)
-                    continue
-                parts.append(scored)
-            frame = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
-            summary = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+            frame = score(list(records), self.datasets)
+            summary = summarize(frame, self.ks) if not frame.empty else pd.DataFrame()
+            for failure in frame.attrs.get(SCORING_ERRORS, []):
+                self._fail(name, failure["dataset"], failure["error"])
         with self._lock:
             self._frames[name], self._summaries[name] = frame, summary
         self.events.write("scored", name, samples=len(records), scoring_s=round(time.monotonic() - t0, 3))

@@ -13,6 +13,7 @@ from cluster.planner import (
     nodes_from_ray,
     replica_needs,
 )
+from serve_apps.ingress import served_model
 
 
 def npu_nodes(
@@ -184,7 +185,7 @@ def test_watchdog_flags_only_what_no_node_can_hold() -> None:
         },
         {"name": "ok", "state": "PENDING", "stats": {"scheduling_state": "QUEUED"}, "bundles": []},
     ]
-    assert infeasible_demands(actors, groups, nodes) == [
+    assert infeasible_demands(actors, groups, nodes, served_model) == [
         "model step_400 needs 8 NPU on one node; largest node has 4",
         "model step_500 needs 16 NPU on one node; largest node has 4",
     ]

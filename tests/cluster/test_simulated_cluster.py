@@ -25,25 +25,18 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from cluster import nodes as nodes_mod  # noqa: E402
 from cluster.errors import ConfigError, InfeasiblePlacementError  # noqa: E402
-from cluster.nodes import (  # noqa: E402
-    NodeStatus,
-    cluster_down,
-    cluster_status,
-    format_status,
-    is_ray_start_running,
-    load_state,
-    node_statuses,
-    ray_start_command,
-)
-from cluster.net import free_port  # noqa: E402
 from cluster.hosts import SimHost, create_network, destroy_network, namespaces_available  # noqa: E402
+from cluster.net import free_port  # noqa: E402
+from cluster.nodes import cluster_down, is_ray_start_running, load_state, ray_start_command  # noqa: E402
 from cluster.planner import live_nodes, watch_for_infeasible  # noqa: E402
+from cluster.status import NodeStatus, cluster_status, format_status, node_statuses  # noqa: E402
 from cluster.simulate import (  # noqa: E402
     SimulatedCluster,
     parse_simulate_spec,
     simulate_up,
     simulated_cluster,
 )
+from serve_apps.ingress import served_model  # noqa: E402
 from shared import fetch_from  # noqa: E402
 
 # -- pure parts ----------------------------------------------------------------------------------------------
@@ -113,7 +106,7 @@ def test_status_maps_engine_supervisors_to_nodes() -> None:
             "node_id": "h",
         },
     ]
-    statuses = node_statuses(ray_nodes, {"h": {"CPU": 1.0}, "w": {"CPU": 0.0}}, actors)
+    statuses = node_statuses(ray_nodes, {"h": {"CPU": 1.0}, "w": {"CPU": 0.0}}, actors, served_model)
     assert [s.models for s in statuses] == [{}, {"step_400": 2}]
     table = format_status(statuses)
     assert "step_400 x2" in table and "0/4" in table and "total (2 nodes)" in table
@@ -245,17 +238,21 @@ def test_hosts_left_by_a_crashed_run_are_removed_at_the_next_start(tmp_path: Pat
         "net = create_network(2)\n"
         "p = subprocess.Popen(net.hosts[1].command(['sleep', '600']), start_new_session=True,\n"
         "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        "print(net.hosts[1].netns, p.pid, flush=True)\n"
+        # ... and one on this machine's side of the network (as its Ray node is), outside every namespace.
+        "m = subprocess.Popen(['sleep', '600'], start_new_session=True, stdout=subprocess.DEVNULL,\n"
+        "                     stderr=subprocess.DEVNULL)\n"
+        "net.adopt(m.pid)\n"
+        "print(net.hosts[1].netns, p.pid, m.pid, flush=True)\n"
         "os._exit(1)\n")], capture_output=True, text=True, timeout=60)
-    netns, pid = crashed.stdout.split()
-    assert netns in namespaces() and is_alive(int(pid))
+    netns, *pids = crashed.stdout.split()
+    assert netns in namespaces() and all(is_alive(int(pid)) for pid in pids)
     net = create_network(1)  # the next start cleans up
     try:
         assert netns not in namespaces()
         deadline = time.monotonic() + 10
-        while is_alive(int(pid)) and time.monotonic() < deadline:
+        while any(is_alive(int(pid)) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not is_alive(int(pid))
+        assert not any(is_alive(int(pid)) for pid in pids)
     finally:
         destroy_network(net)
 
@@ -412,7 +409,8 @@ def test_engine_supervisors_hold_their_npus_across_nodes(sim: SimulatedCluster) 
         devices = [s["visible_devices"]["ASCEND_RT_VISIBLE_DEVICES"] for s in seen]
         assert all(len(d.split(",")) == 2 for d in devices)
         assert all(s["engine_env"]["VLLM_MS_MODEL_BACKEND"] == "Native" for s in seen)
-        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status() if s.total.get("NPU")}
+        per_node = {s.address: s.models.get("step_100", 0) for s in cluster_status(model_of=served_model)
+                    if s.total.get("NPU")}
         assert per_node == {ip: 2 for ip in sim.worker_ips}
         assert all(s.available.get("NPU", 0) == 0 for s in live_nodes() if not s.is_head)
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from eval_jobs.client import Transports, chat_url, make_client, send_chat
+from eval_jobs.client import Bounds, Transports, chat_url, make_client, send_chat
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 # Answers the n-th request (counting from 1).
@@ -115,7 +115,8 @@ def run(
     async def main() -> SampleResult:
         async with serving(server) as url, Transports(4, api_key) as transports:
             request = request_for(url, **(body or {}))
-            return await send_chat(transports, request, timeout_s=timeout_s, max_retries=max_retries, backoff_s=0.01)
+            return await send_chat(transports, request, bounds=Bounds(idle_s=timeout_s), max_retries=max_retries,
+                                   backoff_s=0.01)
 
     return asyncio.run(main())
 
@@ -212,7 +213,8 @@ def test_server_that_never_answers_ends_within_the_timeout_bound(handler: Handle
     res = run(server, timeout_s=timeout_s, max_retries=max_retries)
     elapsed = time.monotonic() - start
     assert res.status == "failed"
-    assert res.error is not None and "timed out after 0.5 s" in res.error
+    # Keep-alive comments are not answer data: they hold off no bound.
+    assert res.error is not None and "no first token within 0.5 s" in res.error
     assert res.attempts == 2 == len(server.bodies)
     # Bound: every attempt's timeout plus backoff, with generous slack for a loaded machine.
     assert elapsed < (max_retries + 1) * timeout_s + 5
@@ -244,7 +246,7 @@ def test_nothing_listening_fails_after_retries() -> None:
     async def main() -> SampleResult:
         async with Transports(1) as transports:
             req = request_for(f"http://127.0.0.1:{port}")
-            return await send_chat(transports, req, timeout_s=5, max_retries=2, backoff_s=0.01)
+            return await send_chat(transports, req, bounds=Bounds(idle_s=5), max_retries=2, backoff_s=0.01)
 
     res = asyncio.run(main())
     assert res.status == "failed" and res.attempts == 3

@@ -181,3 +181,28 @@ def test_config_with_several_datasets(data_dir, tmp_path) -> None:
     config.write_text(text + "\ndemo_arith_datasets[0]['n'] = 2\ndemo_arith_datasets[0]['k'] = 3\n")
     with pytest.raises(ConfigError, match="k = 3"):
         load_dataset(config, data_dir=data_dir)
+
+
+def test_default_requests_carry_what_ais_bench_sends(demo) -> None:
+    """With nothing set in `generation`, a request's fields besides the messages are exactly AISBench's
+    vllm_api_general_chat body (max_tokens from its max_out_len, its generation_kwargs: temperature 0.01)."""
+    import asyncio
+
+    from mmengine.config import Config
+
+    from ais_bench.benchmark.models.output import RequestOutput
+    from ais_bench.benchmark.utils.config import build_model_from_cfg
+    from eval_jobs.config import EvalConfig
+    from eval_jobs.datasets import GENERAL_CHAT_MODEL, shipped_configs_dir
+    from eval_jobs.run import build_requests
+
+    model_cfg = Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))["models"][0]
+    model_cfg["model"] = "m"  # non-empty: no GET /v1/models at construction
+    model_cfg["type"] = f"{model_cfg['type'].__module__}.{model_cfg['type'].__name__}"  # as ais_bench dumps it
+    model = build_model_from_cfg(model_cfg)
+    theirs = asyncio.run(model.get_request_body("q", model_cfg["max_out_len"], RequestOutput(False)))
+    cfg = EvalConfig(datasets=[DEMO_CONFIG], limit=1, generation={"stream_interval": None})
+    ours = build_requests(cfg, {"m": "http://x"}, [demo])[0].body
+    assert theirs["temperature"] == 0.01
+    drop = {"messages", "stream", "stream_options"}
+    assert {k: v for k, v in ours.items() if k not in drop} == {k: v for k, v in theirs.items() if k not in drop}

@@ -37,11 +37,8 @@ ROWS = 40
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[SimulatedCluster]:
-    sim = start_simulated(2, 4, cpus_per_node=2, head_cpus=1)
-    try:
+    with start_simulated(2, 4, cpus_per_node=2, head_cpus=1) as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 def sim_engine(**fields) -> dict:
@@ -197,11 +194,8 @@ def kill_when(sim: SimulatedCluster, driver: subprocess.Popen, config: Path, out
 
 @pytest.fixture
 def three_hosts() -> Iterator[SimulatedCluster]:
-    sim = start_simulated(3, 2, cpus_per_node=2, head_cpus=1)
-    try:
+    with start_simulated(3, 2, cpus_per_node=2, head_cpus=1) as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 def slow_eval(data_dir: Path, output: Path, rows: int) -> dict:

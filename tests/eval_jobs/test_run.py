@@ -4,6 +4,7 @@ AISBench's evaluator, the durable store and the report."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -141,8 +142,8 @@ def test_server_that_never_answers_ends_in_bounded_time_with_failed_samples_and_
 ):
     server = SilentServer()
     try:
-        cfg = job(server.url, data_dir, tmp_path / "run", models=["m"], limit=3, timeout_s=1.0, max_retries=1,
-                  backoff_s=0.1)
+        cfg = job(server.url, data_dir, tmp_path / "run", models=["m"], limit=3, first_token_timeout_s=1.0,
+                  max_retries=1, backoff_s=0.1)
         started = time.monotonic()
         table = run_job(cfg)
         assert time.monotonic() - started < 60
@@ -150,7 +151,7 @@ def test_server_that_never_answers_ends_in_bounded_time_with_failed_samples_and_
         server.close()
     samples = pd.read_parquet(RunDir(tmp_path / "run").samples_parquet)
     assert len(samples) == 3 and (samples["status"] == "failed").all()
-    assert samples["error"].str.contains("timed out").all() and (samples["attempts"] == 2).all()
+    assert samples["error"].str.contains("no first token within 1 s").all() and (samples["attempts"] == 2).all()
     assert table["failures"].max() == 3
     assert exit_code(table) == 1  # a partial report is not a success
 
@@ -214,3 +215,40 @@ def test_bad_config_names_file_field_and_value(tmp_path):
     path.write_text(yaml.safe_dump({"eval": {"datasets": [DEMO]}}))
     with pytest.raises(ConfigError, match="eval.endpoint"):
         load_job_config(path)
+
+
+def run_lines(output: Path) -> list[dict]:
+    return [json.loads(line) for line in RunDir(output).runs_jsonl.read_text().splitlines()]
+
+
+@pytest.mark.engine
+def test_a_rerun_with_a_longer_max_out_len_resends_every_sample(endpoint, data_dir, tmp_path):
+    """The issue's case: 10 samples at max_out_len 8, then the same output directory at 16. Before, nothing was sent
+    and every answer kept 8 tokens; now every sample's fingerprint differs, all 10 are sent again, and the report
+    holds only answers of the new config."""
+    output = tmp_path / "run"
+    short = job(endpoint.url, data_dir, output, limit=10)
+    before = engine_requests(endpoint)
+    run_job(short)
+    assert engine_requests(endpoint) - before == 10
+    first = pd.read_parquet(RunDir(output).samples_parquet)
+    assert (first["completion_tokens"] <= 8).all()
+
+    longer = job(endpoint.url, data_dir, output, limit=10, generation={"max_out_len": 16, "temperature": 0})
+    before = engine_requests(endpoint)
+    run_job(longer)
+    assert engine_requests(endpoint) - before == 10
+    samples = pd.read_parquet(RunDir(output).samples_parquet)
+    assert len(samples) == 10 and (samples["status"] == "ok").all()
+    # Random weights rarely stop early: the answers that ran to the limit now have 16 tokens, none has more.
+    cut = samples[samples["finish_reason"] == "length"]
+    assert len(cut) > 0 and (cut["completion_tokens"] == 16).all() and (samples["completion_tokens"] <= 16).all()
+
+    run_job(longer)  # unchanged: nothing to send
+    lines = run_lines(output)
+    assert [(r["sent"], r["reused"], r["changed"], r["new"]) for r in lines] == [(10, 0, 0, 10), (10, 0, 10, 0),
+                                                                               (0, 10, 0, 0)]
+    kept = sorted(RunDir(output).configs_dir.glob("run-*.yaml"))
+    assert len(kept) == 3
+    assert yaml.safe_load(kept[0].read_text())["eval"]["generation"]["max_out_len"] == 8
+    assert yaml.safe_load(kept[2].read_text())["eval"]["generation"]["max_out_len"] == 16

@@ -11,7 +11,8 @@ import pytest
 
 from eval_jobs.datasets import EvalDataset, load_dataset
 from eval_jobs.demo_dataset import DEMO_CONFIG
-from eval_jobs.scoring import _check_order, default_ks, judge, majority_vote, pass_at_k, summarize
+from eval_jobs.judge import ScoringError, _check_order, judge
+from eval_jobs.scoring import default_ks, majority_vote, pass_at_k, summarize
 
 # Demo rows 0-9 have answers 5, 10, 40, 6, 13, 17, 9, 14, 5, 9.
 PREDICTIONS = [
@@ -42,9 +43,14 @@ def aisbench_accuracy(predictions: list[str], references: list[str]) -> float:
     return MATHEvaluator(version="v2").score(preds, references)["accuracy"] / 100
 
 
+def verdicts(dataset: EvalDataset, predictions: list[str], indices: list[int]) -> list[tuple[bool, str]]:
+    return [(v.correct, v.extracted) for v in judge(dataset, predictions, indices).verdicts]
+
+
 def test_accuracy_equals_aisbench_evaluator(demo) -> None:
     indices = list(range(len(PREDICTIONS)))
-    verdicts = judge(demo, PREDICTIONS, indices)
+    judgement = judge(demo, PREDICTIONS, indices)
+    verdicts = [(v.correct, v.extracted) for v in judgement.verdicts]
     assert [c for c, _ in verdicts] == [True, False, True, True, True, False, False, True, False, False]
     assert [e for _, e in verdicts][:6] == ["5", "11", "40", "6", "13", "16"]
     frame = pd.DataFrame(
@@ -56,31 +62,32 @@ def test_accuracy_equals_aisbench_evaluator(demo) -> None:
     summary = summarize(frame).set_index("metric")
     expected = aisbench_accuracy(PREDICTIONS, demo.references[: len(PREDICTIONS)])
     assert expected == 0.5
+    assert judgement.metrics == {"accuracy": pytest.approx(expected * 100)}  # the evaluator's own number
     assert summary.loc["accuracy", "value"] == pytest.approx(expected)
     assert list(summary.index) == ["accuracy", "avg@1"]  # no pass@k / cons@k for n = 1
 
 
 def test_judge_maps_verdicts_to_their_samples(demo) -> None:
-    forward = judge(demo, PREDICTIONS, list(range(10)))
-    backward = judge(demo, PREDICTIONS[::-1], list(range(10))[::-1])
+    forward = verdicts(demo, PREDICTIONS, list(range(10)))
+    backward = verdicts(demo, PREDICTIONS[::-1], list(range(10))[::-1])
     assert backward == forward[::-1]
     # The same prediction judged against different rows: only the row whose answer is 5 accepts it.
-    assert [c for c, _ in judge(demo, ["\\boxed{5}"] * 3, [0, 1, 8])] == [True, False, True]
-    assert judge(demo, [], []) == []
+    assert [c for c, _ in verdicts(demo, ["\\boxed{5}"] * 3, [0, 1, 8])] == [True, False, True]
+    assert judge(demo, [], []).verdicts == []
 
 
 def test_order_check_catches_shuffled_details() -> None:
     refs = ["5", "10", "40"]
     _check_order("d", [{"answer": r} for r in refs], refs)
-    with pytest.raises(RuntimeError, match="out of order"):
+    with pytest.raises(ScoringError, match="out of order"):
         _check_order("d", [{"answer": r} for r in ["10", "5", "40"]], refs)
     _check_order("d", [{"answer": r.upper() + "!"} for r in refs], refs)  # transformed answers: unchecked
 
 
 def test_judge_applies_dataset_postprocessor(made_up_gsm8k: EvalDataset) -> None:
     # gsm8k references are "... #### 18": eval_cfg.dataset_postprocessor must reduce them to "18" first.
-    verdicts = judge(made_up_gsm8k, ["so 3 boxes hold 18 eggs", "The answer is 10"], [1, 0])
-    assert verdicts == [(True, "18"), (False, "10")]
+    assert verdicts(made_up_gsm8k, ["so 3 boxes hold 18 eggs", "The answer is 10"], [1, 0]) == [
+        (True, "18"), (False, "10")]
 
 
 @pytest.fixture(scope="module")

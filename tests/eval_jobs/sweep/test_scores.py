@@ -51,22 +51,27 @@ def test_each_checkpoint_is_scored_once_and_a_failing_evaluator_fails_only_its_d
     scorer.wait()
 
     # One call per checkpoint, in order, with exactly the rows summarize gives for that checkpoint's samples.
+    both = {good.name: good, broken.name: broken}
     assert [name for name, _ in seen] == ["a", "b"]
     for name, summary in seen:
-        expected = summarize(score([r for r in records[name] if r.dataset == good.name], {good.name: good}))
-        pd.testing.assert_frame_equal(summary.reset_index(drop=True), expected)
-    accuracy = {name: s.loc[s["metric"] == "accuracy", "value"].item() for name, s in seen}
+        pd.testing.assert_frame_equal(summary.reset_index(drop=True), summarize(score(records[name], both)))
+    accuracy = {name: s.loc[(s["metric"] == "accuracy") & (s["dataset"] == good.name), "value"].item()
+                for name, s in seen}
     assert accuracy == {"a": 0.5, "b": 1.0}
     # The broken dataset failed for each checkpoint with AISBench's own reason; nothing else failed.
     assert set(scorer.failed) == {"a", "b"}
-    for name in ("a", "b"):
+    for name, summary in seen:
         assert list(scorer.failed[name]) == [broken.name]
         assert "options" in scorer.failed[name][broken.name]
+        failed_row = summary[summary["dataset"] == broken.name]
+        assert failed_row["metric"].tolist() == ["scoring failed"] and "options" in failed_row["error"].item()
     log = events.read()
     assert [e["checkpoint"] for e in log if e["event"] == "scored"] == ["a", "b"]  # once each
     assert sorted((e["checkpoint"], e["dataset"]) for e in log if e["event"] == "score-failed") == \
         [("a", broken.name), ("b", broken.name)]
     frame, summary = scorer.results()
-    assert sorted(set(zip(frame["model"], frame["dataset"]))) == [("a", good.name), ("b", good.name)]
-    assert frame["correct"].tolist() == [True, True, False, False, True, True, True, True]
+    judged = frame[frame["dataset"] == good.name]
+    assert judged["correct"].tolist() == [True, True, False, False, True, True, True, True]
+    assert frame.loc[frame["dataset"] == broken.name, "correct"].isna().all()  # no verdicts where scoring failed
+    assert summarize(frame).equals(summary.reset_index(drop=True))  # the kept rows are the whole run's summary
     assert sorted(summary["model"].unique()) == ["a", "b"]

