@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench.common import ENGINE_PYTHON, QUICK, RESULTS_ENV
 
-BENCHMARKS = ("serving_overhead", "client_vs_peers", "client_rate", "path_capacity", "scale", "sweep_packing", "memory")
+BENCHMARKS = ("serving_overhead", "client_vs_peers", "client_rate", "path_capacity", "scale", "sweep_packing", "memory",
+              "convert_memory")
 RESULTS_MD = Path(__file__).with_name("RESULTS.md")
 
 

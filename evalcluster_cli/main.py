@@ -107,21 +107,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not cfg.models:
         raise ConfigError(f"nothing to serve: give --model DIR or a config with serve.models (e.g. {SEED_EXAMPLE})")
     cluster = ClusterConfig(address=args.address) if args.address else _cluster_section(args.config)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it the way Ctrl-C does
     with ray_session(cluster):
         endpoint = Endpoint(cfg)
         try:
-            endpoint.start()
+            endpoint.start()  # a checkpoint that fails to start: the ones already deployed are retired first
             print(f"endpoint: {endpoint.url}/v1", flush=True)
-            for name in endpoint.served_models():
-                print(f"  model: {name}", flush=True)
+            for name in cfg.models:
+                print(f"  model: {name.name}", flush=True)
             print("Ctrl-C to stop", flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             signal.pause()
         except KeyboardInterrupt:
             pass
         finally:
-            print("shutting down the endpoint", flush=True)
-            endpoint.shutdown()
+            # Only what this command deployed: on a joined cluster a sweep or another `serve` may share Serve.
+            print("shutting down the endpoint (only what this command deployed)", flush=True)
+            endpoint.stop()
     return 0
 
 
@@ -165,6 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {"eval": _drop_none({"output": args.output}), "sweep": _drop_none({"watch": args.watch})}
     if args.address:
         overrides["cluster"] = {"address": args.address}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `ray job stop` and kill: stop as Ctrl-C does
     return run_sweep(load_sweep_config(args.config, overrides)).exit_code
 
 

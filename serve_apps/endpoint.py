@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +20,7 @@ from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.errors import ClusterConnectionError, ConfigError, InfeasiblePlacementError
 from cluster.planner import check_feasible, find_infeasible, live_nodes, replica_needs
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
-from serve_apps.errors import EngineStartupError, ModelNotFoundError
+from serve_apps.errors import EngineStartupError, ModelNotFoundError, WaitCancelled
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name, served_model
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class Endpoint:
         self.cfg = cfg
         self.host = cfg.host
         self.port = cfg.port
-        self._models: dict[str, ModelConfig] = {}
+        self._models: dict[str, ModelConfig] = {}  # what this Endpoint deployed: all `stop` removes
+        self._started_serve = False  # Serve's controller and proxy were started by this Endpoint
         self._state_api = True  # until a look at Ray's state API fails
 
     @property
@@ -56,6 +57,7 @@ class Endpoint:
             # Checked where the proxy will bind (the head), which need not be this driver's host. Serve's proxy
             # would retry a taken port forever, and we would wait on it.
             self.port = on_head(_bindable_port, self.host, self.port)
+            self._started_serve = True
         # No request_timeout_s: Serve's proxy applies it to the whole request, so it would cut a long answer that is
         # still streaming (and a cut stream is retried from scratch). Silence is bounded by the supervisor's read
         # timeout and by the clients' own idle and first-token bounds.
@@ -70,10 +72,8 @@ class Endpoint:
             serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
         try:
             self.add_models(self.cfg.models)
-        except BaseException:  # a checkpoint that failed to come up must not stay deployed (nor the others)
-            for name in list(self._models):
-                with contextlib.suppress(Exception):
-                    self.remove_model(name)
+        except BaseException:  # one checkpoint failed (or Ctrl-C): the ones already deployed must not linger
+            self.stop()
             raise
         return self
 
@@ -105,17 +105,22 @@ class Endpoint:
             serve.RunTarget(build_engine_app(m, engine, node_address), name=engine_app_name(m.name), route_prefix=None)
             for m in models
         ]
-        serve.run_many(targets, wait_for_applications_running=False)
+        # Recorded before anything is deployed: an app that run_many started and then failed is still ours.
         self._models.update({m.name: m for m in models})
+        serve.run_many(targets, wait_for_applications_running=False)
         if wait:
-            self.wait_ready([m.name for m in models])
+            self.wait_ready([m.name for m in models], timeout_s=engine.startup_timeout_s + 60)
 
-    def wait_ready(self, names: list[str], timeout_s: float | None = None) -> None:
+    def wait_ready(self, names: list[str], timeout_s: float | None = None,
+                   cancel: threading.Event | None = None) -> None:
         """Wait until each named checkpoint's app is RUNNING and the endpoint lists it; a failed deploy raises with
-        the engine's own error (its last log lines)."""
+        the engine's own error (its last log lines). Setting `cancel` ends the wait within a second
+        (`WaitCancelled`): a sweep being stopped does not wait out an engine's start."""
         deadline = time.monotonic() + (timeout_s or self.cfg.engine.startup_timeout_s + 60)
         pending = set(names)
         while pending:
+            if cancel is not None and cancel.is_set():
+                raise WaitCancelled(f"stopped while waiting for {sorted(pending)}")
             stuck = self._never_placeable(pending)
             if stuck:
                 for name in pending:
@@ -161,6 +166,38 @@ class Endpoint:
         serve.delete(engine_app_name(name), _blocking=True)
         self._models.pop(name, None)
 
+    def remove_models(self, names: Iterable[str], timeout_s: float = 120.0) -> None:
+        """Retire several checkpoints at once: Serve deletes them side by side instead of one after another."""
+        names = list(names)
+        apps = {engine_app_name(n) for n in names}
+        if not apps:
+            return
+        for app in apps:
+            serve.delete(app, _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while apps & set(serve.status().applications) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for name in names:
+            self._models.pop(name, None)
+
+    def stop(self) -> None:
+        """Remove what this Endpoint deployed, nothing else: on a shared cluster a sweep or another `serve` may be
+        using the same Serve instance. The ingress goes once no checkpoint at all is served (the last one out);
+        Serve itself is shut down only if this Endpoint started it and nothing else runs on it."""
+        if _get_global_client(raise_if_no_controller_running=False) is None:
+            return  # Serve never started (the start failed before it): nothing of ours can be running
+        try:
+            self.remove_models(list(self._models))
+        except Exception as exc:  # a rerun retires what is left (Serve deletes are idempotent)
+            log.warning("could not retire %s: %s", sorted(self._models), exc)
+        if self.served_models():
+            return
+        apps = serve.status().applications
+        if INGRESS_APP in apps:
+            serve.delete(INGRESS_APP, _blocking=True)
+        if self._started_serve and not (set(apps) - {INGRESS_APP}):
+            serve.shutdown()
+
     @staticmethod
     def served_models() -> list[str]:
         """Checkpoints deployed on this cluster (any state but deleting)."""
@@ -177,6 +214,7 @@ class Endpoint:
         return handle.engine_info.remote().result()
 
     def shutdown(self) -> None:
+        """Shut Serve down with every application on it (whoever deployed them): for a Serve of one's own only."""
         serve.shutdown()
 
 

@@ -37,3 +37,10 @@ class RequestTooLargeError(EvalClusterError):
 class AuthenticationError(EvalClusterError):
     http_status = 401
     error_type = "authentication_error"
+
+
+class WaitCancelled(EvalClusterError):
+    """A wait for checkpoints to become ready was cancelled (the sweep that waited is stopping)."""
+
+    http_status = 503
+    error_type = "cancelled"

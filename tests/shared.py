@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from cluster.hosts import SimHost
+from eval_jobs.datasets import resolve_config
 from eval_jobs.records import SampleRequest, SampleResult
 from eval_jobs.work import ClientSettings, distribute
 from serve_apps.config import ModelConfig
@@ -55,6 +56,20 @@ def distribute_with_fault(
         runner.join(timeout=300)
     assert not runner.is_alive(), "the run did not end after the fault"
     return results
+
+
+def broken_config(tmp_path: Path) -> Path:
+    """The demo dataset under another name, with a postprocessor configured without the `options` it needs: AISBench
+    raises (TypeError) the moment it judges an answer, as a mistyped dataset config does."""
+    text = resolve_config("demo_arith_gen_0_shot_chat_prompt").read_text()
+    text = text.replace('abbr="demo_arith"', 'abbr="demo_arith_broken"')
+    text = text.replace("pred_postprocessor=dict(type=math_postprocess_v2)", "pred_postprocessor=dict(type=first_option_postprocess)")
+    text = text.replace("from ais_bench.benchmark.openicl.icl_prompt_template",
+                        "from ais_bench.benchmark.utils.postprocess.text_postprocessors import first_option_postprocess\n"
+                        "from ais_bench.benchmark.openicl.icl_prompt_template")
+    path = tmp_path / "demo_arith_broken_gen.py"
+    path.write_text(text)
+    return path
 
 
 def fetch_from(host: SimHost | None, url: str) -> str:

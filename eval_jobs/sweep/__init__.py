@@ -5,5 +5,6 @@ curve at the end.
     result = run_sweep(job)                                 # eval_jobs.sweep.run; resumable
     out = convert(checkpoint, base, cache_dir)              # eval_jobs.sweep.convert: MindSpore → HF directory
 
-checkpoints (find, watch) → convert (MindSpore) → scheduler (pack, deploy, evaluate, retire) → report (curve).
+checkpoints (find, watch) → convert (MindSpore, tensor by tensor) → scheduler (pack, deploy, evaluate, retire) →
+scores (each checkpoint once, in its own thread) → report (curve).
 """

@@ -3,8 +3,10 @@
 
 config → checkpoints (discover, convert) → cluster (connect) → serve (the shared endpoint; checkpoints deployed
 and retired by the scheduler) → eval (per checkpoint, queue + client actors, one durable store for the sweep) →
-report (per-checkpoint summary plus the sweep's curve, comparisons and learning curves). Running again on the
-same output directory resumes: finished checkpoints are not deployed again, finished samples never re-sent.
+report (per-checkpoint summary plus the sweep's curve, comparisons and learning curves). Each checkpoint is scored
+once, when its samples are done, in a thread of its own (`scores.py`); the report is rewritten from those scores.
+Running again on the same output directory resumes: finished checkpoints are not deployed again, finished samples
+never re-sent. Ctrl-C or SIGTERM stops within seconds (deployments retired, finished samples kept).
 """
 
 from __future__ import annotations
@@ -21,18 +23,17 @@ import pandas as pd
 from cluster.connection import ray_session
 from cluster.errors import run_command
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
+from eval_jobs.report import library_versions, print_summary, write_config, write_report
 from eval_jobs.provenance import provenance
-from eval_jobs.run import build_requests, output_dir, score, tracker_logdir, with_references
+from eval_jobs.run import build_requests, output_dir, tracker_logdir, with_references
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer
-from eval_jobs.scoring import summarize
-from eval_jobs.records import SampleResult
-from eval_jobs.store import RunDir, SampleStore, matching
+from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.sweep.checkpoints import Watcher, discover
 from eval_jobs.sweep.config import SweepJobConfig, load_sweep_config
 from eval_jobs.sweep.report import checkpoint_order, print_sweep, write_sweep_report
 from eval_jobs.sweep.scheduler import EventLog, Sweep
+from eval_jobs.sweep.scores import CheckpointScorer, OnScored
 
 log = logging.getLogger("evalcluster.sweep")
 
@@ -48,8 +49,9 @@ class SweepResult:
         return 1 if self.failed or self.failed_samples else 0
 
 
-def run_sweep(job: SweepJobConfig) -> SweepResult:
-    """Run (or resume) a sweep; returns once every checkpoint is evaluated (with `sweep.watch`: once idle)."""
+def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepResult:
+    """Run (or resume) a sweep; returns once every checkpoint is evaluated and scored (with `sweep.watch`: once
+    idle). `on_scored(checkpoint, summary_rows)` is called once per checkpoint as its scores are known."""
     if job.serve.api_key and not job.eval.api_key:
         job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
     tracker_names = job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers
@@ -68,55 +70,64 @@ def run_sweep(job: SweepJobConfig) -> SweepResult:
     trackers = open_trackers(tracker_names, tracker_logdir(job.sweep.logdir or job.eval.logdir, sweep_dir),
                              sweep_dir.root)
 
-    def report(final: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        summary, table = write_reports(sweep_dir, job, store, datasets, sweep, simulated)
-        # Each checkpoint at its training step, once its samples are all in (not a partial point mid-way).
-        done = summary if final or summary.empty else summary[summary["model"].isin(sweep.retired)]
-        trackers.log(done, steps=sweep.checkpoints)
-        return summary, table
+    def scored(name: str, summary: pd.DataFrame) -> None:
+        # In the scoring thread: the report follows the sweep as it goes (from kept scores: pandas, no judging),
+        # and each checkpoint reaches the trackers at its training step once, when all its samples are in.
+        # A copy: the scheduler adds checkpoints (watch) while this thread reads them.
+        checkpoints = dict(sweep.checkpoints)
+        write_reports(sweep_dir, job, scorer, datasets, checkpoints, dict(sweep.sources), simulated)
+        trackers.log(summary, steps=checkpoints)
+        if on_scored is not None and not summary.empty:
+            on_scored(name, summary)
+
+    scorer = CheckpointScorer(datasets, job.eval.k, events, simulated=simulated, on_scored=scored)
 
     with contextlib.closing(trackers):
         with ray_session(job.cluster):
             from serve_apps.endpoint import Endpoint
 
             endpoint = Endpoint(job.serve).start()
-            sweep = Sweep(job, endpoint, list(datasets.values()), store, events, on_retired=report)
+            sweep = Sweep(job, endpoint, list(datasets.values()), store, events, scorer)
             sweep.run(checkpoints, watcher)
-        summary, table = report(final=True)
+        scorer.wait()
+        scorer.close()
+    summary, table = write_reports(sweep_dir, job, scorer, datasets, sweep.checkpoints, sweep.sources, simulated)
     if not summary.empty:
         print_summary(summary, simulated=simulated)
     if table is not None:
         print_sweep(table)
     print(f"sweep report: {(sweep_dir.root / ('summary.html' if simulated else 'sweep.html')).resolve()}")
-    records = current_records(store, sweep)
-    return SweepResult(summary if table is None else table, dict(sweep.failed),
-                       sum(r.status != "ok" for r in records))
+    failed = dict(sweep.failed)
+    for name, datasets_failed in scorer.failed.items():
+        for dataset, reason in datasets_failed.items():
+            failed[f"{name} / {dataset}"] = f"not scored: {reason}"
+            print(f"{name} / {dataset}: not scored: {reason}", file=sys.stderr)
+    records = [r for name in sweep.checkpoints for r in sweep.records_of(name)]
+    return SweepResult(summary if table is None else table, failed, sum(r.status != "ok" for r in records))
 
 
-def current_records(store: SampleStore, sweep: Sweep) -> list[SampleResult]:
-    """The latest record of every planned sample made from the checkpoint's current files and this config (older
-    answers stay in the store, out of the report)."""
-    return matching(store.latest(), [r for requests in sweep.requests.values() for r in requests])
-
-
-def write_reports(sweep_dir: RunDir, job: SweepJobConfig, store: SampleStore, datasets: dict[str, EvalDataset],
-                  sweep: Sweep, simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def write_reports(sweep_dir: RunDir, job: SweepJobConfig, scorer: CheckpointScorer, datasets: dict[str, EvalDataset],
+                  checkpoints: dict[str, int | None], sources: dict[str, str],
+                  simulated: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The per-checkpoint summary (summary.*), the sample viewer (samples.html) and, unless simulated, the sweep's
-    own pages (sweep.*); returns (summary table, checkpoint table or None)."""
-    checkpoints = sweep.checkpoints
-    records = [r for r in current_records(store, sweep) if r.model in checkpoints]
-    if not records:
+    own pages (sweep.*), from the scorer's per-checkpoint results (nothing is judged again here); returns (summary
+    table, checkpoint table or None)."""
+    frame, summary = scorer.results()
+    if frame.empty:
         return pd.DataFrame(), None
-    frame = samples_frame(records) if simulated else score(records, datasets)
+    frame = frame[frame["model"].isin(list(checkpoints))].reset_index(drop=True)
     origin = provenance(build_requests(job.eval, {n: "" for n in checkpoints}, list(datasets.values())),
-                        {n: {"path": sweep.sources.get(n), "step": step} for n, step in checkpoints.items()},
+                        {n: {"path": sources.get(n), "step": step} for n, step in checkpoints.items()},
                         {n: d.config_name for n, d in datasets.items()}, library_versions())
     write_viewer(sweep_dir, with_references(frame, datasets), origin,
                  title="evalcluster sweep samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
     if simulated:
         return write_report(sweep_dir, frame, None, simulated=True, config=job, origin=origin,
                             title="evalcluster sweep (simulated engines)"), None
-    summary = summarize(frame, job.eval.k)
+    if summary.empty:
+        return write_report(sweep_dir, frame, None, config=job, origin=origin,
+                            title="evalcluster sweep: per checkpoint"), None
+    summary = summary[summary["model"].isin(list(checkpoints))].reset_index(drop=True)
     table = write_report(sweep_dir, frame, summary, config=job, origin=origin,
                          title="evalcluster sweep: per checkpoint")
     order = checkpoint_order(sorted(checkpoints.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0])))

@@ -10,7 +10,14 @@ nodes stay free for whole-node replicas. A checkpoint's replicas are pinned to t
 placing by itself, could fragment the nodes so that a tp-8 replica fits nowhere.
 
 Everything that happens is appended to the sweep directory's `events.jsonl` (found, converted, deploy, ready,
-retired, failed, skipped), the record of what ran when.
+retired, failed, skipped, scoring, scored), the record of what ran when.
+
+A retired checkpoint's samples go to the `CheckpointScorer` (`scores.py`), which judges them in its own thread:
+the loop only hands them over (`loop_stall_s` in the `scoring` event is what that cost the loop).
+
+Stopping (Ctrl-C, SIGTERM): the loop sets `stop`; each checkpoint's thread leaves its wait for the engine or its
+client actors within a second (samples in flight are abandoned, not recorded), and retires its deployment; pending
+conversions are cancelled. What was stored stays, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +39,16 @@ from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, 
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.run import build_requests, client_settings, data_plane
-from eval_jobs.store import SampleStore, plan_resume
+from eval_jobs.store import SampleStore, matching, plan_resume
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig
 from eval_jobs.sweep.convert import convert_remote
+from eval_jobs.sweep.scores import CheckpointScorer
 from eval_jobs.work import distribute
 from serve_apps.checkpoint_id import checkpoint_identity, files_identity
 from serve_apps.config import EngineConfig, ModelConfig
 from serve_apps.endpoint import Endpoint
+from serve_apps.errors import WaitCancelled
 from serve_apps.health import ServingWatch
 
 log = logging.getLogger("evalcluster.sweep")
@@ -104,22 +113,30 @@ def _largest_first(p: Planned) -> tuple[float, float, str]:
     return (-p.needs.device_count * p.num_replicas, *p.checkpoint.sort_key())
 
 
+class SweepStopped(Exception):
+    """Raised in a checkpoint's thread when the sweep is being stopped (ends `distribute` between its turns)."""
+
+
 class Sweep:
-    """Runs one sweep on the connected cluster against `endpoint` (already started)."""
+    """Runs one sweep on the connected cluster against `endpoint` (already started); `scorer` scores each
+    checkpoint once its samples are done."""
 
     def __init__(self, job: SweepJobConfig, endpoint: Endpoint, datasets: Sequence[EvalDataset],
-                 store: SampleStore, events: EventLog, on_retired: Callable[[], None] | None = None) -> None:
+                 store: SampleStore, events: EventLog, scorer: CheckpointScorer) -> None:
         self.job = job
         self.endpoint = endpoint
         self.datasets = list(datasets)
         self.store = store
         self.events = events
-        self.on_retired = on_retired or (lambda: None)
+        self.scorer = scorer
+        self.stop = threading.Event()  # set on Ctrl-C / SIGTERM: every thread winds down and retires
         self.failed: dict[str, str] = {}
         self.checkpoints: dict[str, int | None] = {}  # every checkpoint planned: name → step
         self.sources: dict[str, str] = {}  # name → where its weights came from
-        self.retired: set[str] = set()  # checkpoints whose evaluation ended (every sample has a result)
         self.requests: dict[str, list[SampleRequest]] = {}  # every checkpoint planned: name → its samples
+        # The store's latest record of every sample, read once at the start and kept current by _record: what
+        # resume and scoring need, without reading the whole store again at every deploy and retirement.
+        self.latest: dict[SampleKey, SampleResult] = {}
         self._store_lock = threading.Lock()
         self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
 
@@ -159,75 +176,98 @@ class Sweep:
         """Evaluate every checkpoint (and, with a watcher, every new one) and return when all are done.
 
         Checkpoints no node could ever hold fail before anything is deployed. One checkpoint's failure (its
-        conversion or its engine) is recorded and the others go on.
+        conversion or its engine) is recorded and the others go on. KeyboardInterrupt (Ctrl-C, SIGTERM) stops
+        the sweep within seconds: deployments retired, conversions cancelled, then it propagates.
         """
         nodes = live_nodes()
         planned = [self.plan(c, nodes) for c in checkpoints]  # infeasible: raises here, nothing deployed yet
         self._remove_leftovers(planned)
         # The budget is what is free now (other apps keep theirs); from here on the ledger tracks the sweep's own.
         ledger = Ledger.of(live_nodes())
-        latest = self.store.latest()
+        self.latest = self.store.latest()
         pending: list[Planned] = []
         for p in planned:
-            self._enqueue(p, latest, pending)
+            self._enqueue(p, pending)
         pending.sort(key=_largest_first)
         if watcher:
             watcher.mark_known(c.name for c in checkpoints)
         active: dict[concurrent.futures.Future, Planned] = {}
         max_active = self.job.sweep.max_concurrent or MAX_DEPLOYMENTS
-        last_activity = time.monotonic()
-        next_scan = 0.0
         # One thread per deployed checkpoint: each mostly waits (for its engine, for its client actors).
         with concurrent.futures.ThreadPoolExecutor(max_active, thread_name_prefix="sweep") as pool:
-            while True:
-                if watcher and time.monotonic() >= next_scan:
-                    next_scan = time.monotonic() + self.job.sweep.poll_s
-                    for c in watcher.poll():
-                        last_activity = time.monotonic()
-                        self.events.write("found", c.name, source=str(c.source), step=c.step)
-                        try:
-                            self._enqueue(self.plan(c, nodes), latest, pending)
-                        except Exception as exc:  # an infeasible checkpoint found later: fail it, go on
-                            self._fail(c.name, exc)
-                    pending.sort(key=_largest_first)
-                for p in list(pending):
-                    if len(active) >= max_active:
-                        break
-                    state = self._conversion_state(p)
-                    if state == "failed":
-                        pending.remove(p)
-                    if state != "done":
-                        continue
-                    placed = ledger.reserve(p.checkpoint.name, p.needs, p.num_replicas)
-                    if placed is None:
-                        continue  # no room yet; a later, smaller checkpoint may still fit (backfill)
-                    pending.remove(p)
-                    self.events.write("deploy", p.checkpoint.name, devices=p.needs.device_count * p.num_replicas,
-                                      device_key=p.needs.device_key, replica=dict(p.needs.resources), nodes=placed)
-                    # Replicas go where the ledger put them (one node: pinned there; Ray places them otherwise).
-                    node = ledger.addresses[placed[0]] if len(set(placed)) == 1 else None
-                    active[pool.submit(self._evaluate, p, node)] = p
-                if not active and not pending:
-                    idle = self.job.sweep.idle_timeout_s
-                    if watcher is None or (idle is not None and time.monotonic() - last_activity >= idle):
-                        return
-                if not active:
-                    time.sleep(POLL_S)  # waiting for a conversion or the watcher: nothing to wait on below
-                    continue
-                done, _ = concurrent.futures.wait(list(active), timeout=POLL_S,
-                                                  return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in done:
-                    p = active.pop(future)
-                    ledger.release(p.checkpoint.name)
+            try:
+                self._loop(pool, nodes, ledger, pending, active, max_active, watcher)
+            except BaseException:
+                # Ctrl-C (or a bug): every thread sees `stop` within a second, abandons its samples in flight and
+                # retires its deployment; leaving the `with` then waits only for that.
+                self.stop.set()
+                names = [p.checkpoint.name for p in active.values()]
+                self.events.write("stop", "", deployed=names)
+                for p in pending:
+                    if p.conversion is not None:
+                        ray.cancel(p.conversion, force=True)
+                log.warning("stopping: retiring %d deployment(s)", len(names))
+                with self._serve_lock:  # all at once; each thread's own retirement then finds its app gone
+                    self.endpoint.remove_models(names)
+                raise
+
+    def _loop(self, pool: concurrent.futures.ThreadPoolExecutor, nodes: Sequence[NodeCapacity], ledger: Ledger,
+              pending: list[Planned], active: dict[concurrent.futures.Future, Planned], max_active: int,
+              watcher: Watcher | None) -> None:
+        last_activity = time.monotonic()
+        next_scan = 0.0
+        while True:
+            if watcher and time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + self.job.sweep.poll_s
+                for c in watcher.poll():
                     last_activity = time.monotonic()
+                    self.events.write("found", c.name, source=str(c.source), step=c.step)
                     try:
-                        future.result()
-                        self.retired.add(p.checkpoint.name)
-                    except HostLostError as exc:
-                        self._replan_after_loss(p, exc, ledger, pending)
-                    except Exception as exc:
-                        self._fail(p.checkpoint.name, exc)
-                    self.on_retired()
+                        self._enqueue(self.plan(c, nodes), pending)
+                    except Exception as exc:  # an infeasible checkpoint found later: fail it, go on
+                        self._fail(c.name, exc)
+                pending.sort(key=_largest_first)
+            for p in list(pending):
+                if len(active) >= max_active:
+                    break
+                state = self._conversion_state(p)
+                if state == "failed":
+                    pending.remove(p)
+                if state != "done":
+                    continue
+                placed = ledger.reserve(p.checkpoint.name, p.needs, p.num_replicas)
+                if placed is None:
+                    continue  # no room yet; a later, smaller checkpoint may still fit (backfill)
+                pending.remove(p)
+                self.events.write("deploy", p.checkpoint.name, devices=p.needs.device_count * p.num_replicas,
+                                  device_key=p.needs.device_key, replica=dict(p.needs.resources), nodes=placed)
+                # Replicas go where the ledger put them (one node: pinned there; Ray places them otherwise).
+                node = ledger.addresses[placed[0]] if len(set(placed)) == 1 else None
+                active[pool.submit(self._evaluate, p, node)] = p
+            if not active and not pending:
+                idle = self.job.sweep.idle_timeout_s
+                if watcher is None or (idle is not None and time.monotonic() - last_activity >= idle):
+                    return
+            if not active:
+                time.sleep(POLL_S)  # waiting for a conversion or the watcher: nothing to wait on below
+                continue
+            done, _ = concurrent.futures.wait(list(active), timeout=POLL_S,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                t0 = time.monotonic()
+                p = active.pop(future)
+                name = p.checkpoint.name
+                ledger.release(name)
+                last_activity = t0
+                try:
+                    future.result()
+                except HostLostError as exc:
+                    self._replan_after_loss(p, exc, ledger, pending)
+                    continue  # deployed again later; scored when it is done
+                except Exception as exc:
+                    self._fail(name, exc)
+                self.scorer.submit(name, self.records_of(name))
+                self.events.write("scoring", name, loop_stall_s=round(time.monotonic() - t0, 6))
 
     def _replan_after_loss(self, p: Planned, exc: HostLostError, ledger: Ledger, pending: list[Planned]) -> None:
         """A host `p` was deployed on died and took its replicas: deploy it again on the hosts that are left (its
@@ -254,10 +294,11 @@ class Sweep:
             self.endpoint.remove_model(name)
             self.events.write("retired", name, reason="left behind by a previous run")
 
-    def _enqueue(self, p: Planned, latest: dict[SampleKey, SampleResult], pending: list[Planned]) -> None:
+    def _enqueue(self, p: Planned, pending: list[Planned]) -> None:
         name = p.checkpoint.name
-        if not plan_resume(self.requests_of(p.checkpoint), latest).todo:
+        if not plan_resume(self.requests_of(p.checkpoint), self.latest).todo:
             self.events.write("skipped", name, reason="every sample already evaluated with the same fingerprint")
+            self.scorer.submit(name, self.records_of(name))
             return
         if p.checkpoint.needs_conversion:
             p.conversion = convert_remote(p.checkpoint, Path(self.job.sweep.base), self.job.sweep.cache_dir())
@@ -290,25 +331,44 @@ class Sweep:
     def _evaluate(self, p: Planned, node_address: str | None) -> None:
         name = p.checkpoint.name
         model = self.model_config(p)
+        serving = ServingWatch([name])
+
+        def watch() -> None:  # distribute calls this between turns; raising ends it and kills its actors
+            if self.stop.is_set():
+                raise SweepStopped(name)
+            serving.check()
+
         try:
+            if self.stop.is_set():
+                return
             with self._serve_lock:
                 self.endpoint.add_models([model], engine=p.engine, wait=False, node_address=node_address)
-            self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60)
+            self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60, cancel=self.stop)
             self.events.write("ready", name)
             requests = self.requests[name]
-            plan = plan_resume(requests, self.store.latest())
+            with self._store_lock:
+                plan = plan_resume(requests, self.latest)
             log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
             self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
                               changed=plan.changed, failed_before=plan.failed)
-            distribute(plan.todo, client_settings(self.job.eval), self.job.eval.clients, self._record,
-                       watch=ServingWatch([name]).check)
+            distribute(plan.todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
+        except (SweepStopped, WaitCancelled):
+            log.info("%s: stopped; samples in flight abandoned", name)
+            raise
         finally:
             with self._serve_lock:
                 self.endpoint.remove_model(name)
             self.events.write("retired", name)
             log.info("%s: retired", name)
 
+    def records_of(self, name: str) -> list[SampleResult]:
+        """The latest records of `name`'s planned samples (this config, the checkpoint's current files)."""
+        with self._store_lock:
+            return matching(self.latest, self.requests.get(name, []))
+
     def _record(self, results: list[SampleResult]) -> None:
         with self._store_lock:
             self.store.append(results)  # durable before it counts, as in eval_jobs.run
+            for r in results:
+                self.latest[r.key] = r
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import pytest
 import ray
 

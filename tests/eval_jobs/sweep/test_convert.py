@@ -4,6 +4,9 @@ equal the original's and whose greedy float32 answers from vLLM CPU equal the or
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,7 +18,7 @@ import pytest
 from safetensors import safe_open
 
 from eval_jobs.sweep.checkpoints import from_path, mindrlhf_steps
-from eval_jobs.sweep.convert import ConversionError, convert, hf_name, mindformers_name
+from eval_jobs.sweep.convert import ConversionError, convert, convert_to, hf_name, mindformers_name, source_identity
 from ms_export import NON_MODEL, export_ckpt, export_tp_shards, hf_tensors, mindformers_tensors, write_strategy
 from shared import MAX_MODEL_LEN
 
@@ -61,6 +64,46 @@ def test_conversion_restores_every_tensor_exactly(kind: str, exported, tiny_mode
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_large_outputs_are_sharded_with_an_index_as_hugging_face_writes_them(exported, tiny_model: Path,
+                                                                             tmp_path: Path) -> None:
+    original = hf_tensors(tiny_model)
+    largest = max(t.nbytes for t in original.values())
+    out = convert_to(exported["shards"], tiny_model, tmp_path / "hf", max_shard_bytes=largest)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) >= 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == files and not (out / "model.safetensors").exists()
+    assert sorted(index["weight_map"]) == sorted(original)
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in original.values())
+    for name in files:  # each shard holds what the index says, within the bound unless one tensor is larger
+        with safe_open(str(out / name), framework="np") as f:
+            assert f.metadata() == {"format": "pt"}
+            assert sorted(f.keys()) == sorted(n for n, file in index["weight_map"].items() if file == name)
+            assert sum(f.get_tensor(k).nbytes for k in f.keys()) <= largest or len(f.keys()) == 1
+    converted = hf_tensors(out)
+    assert all(np.array_equal(converted[n], t) and converted[n].dtype == t.dtype for n, t in original.items())
+
+
+def test_the_cache_reads_no_source_bytes_for_a_source_it_knows(exported, tiny_model: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "step_40.ckpt"
+    shutil.copy2(exported["ckpt"].source, ckpt)
+    checkpoint = replace(exported["ckpt"], source=ckpt)
+    cache = tmp_path / "cache"
+    out = convert(checkpoint, tiny_model, cache)
+    record = json.loads((cache / ".identity" / f"{source_identity(checkpoint, tiny_model)}.json").read_text())
+    assert out.name.endswith(record["content_hash"][:16])
+    # Same size and modification time, other bytes: the identity is unchanged, so the source is not read again
+    # (had it been hashed, these zeros would have failed to convert).
+    stat = ckpt.stat()
+    ckpt.write_bytes(b"\0" * stat.st_size)
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert convert(checkpoint, tiny_model, cache) == out
+    # Touched: a new identity, so the content is hashed once more; it differs now, and MindSpore refuses it.
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(ConversionError, match="MindSpore could not convert it"):
+        convert(checkpoint, tiny_model, cache)
+
+
 def test_a_wrong_strategy_file_is_named(exported, tiny_model: Path, tmp_path: Path) -> None:
     shards = exported["shards"]
     full = mindformers_tensors(tiny_model)
@@ -68,9 +111,9 @@ def test_a_wrong_strategy_file_is_named(exported, tiny_model: Path, tmp_path: Pa
     swapped = write_strategy(tmp_path / "swapped.ckpt", full, 2, split=lambda name, ndim: 1 if ndim == 2 else None)
     with pytest.raises(ConversionError, match=r"merged to shape .* the base model's is"):
         convert(replace(shards, strategy=swapped), tiny_model, tmp_path / "cache")
-    # A strategy for 4 devices over 2 ranks' files: MindSpore's own error, with the checkpoint named.
+    # A strategy for 4 devices over 2 ranks' files: named, with the checkpoint.
     four = write_strategy(tmp_path / "four.ckpt", full, 4)
-    with pytest.raises(ConversionError, match=rf"{shards.source}: MindSpore .*rank3"):
+    with pytest.raises(ConversionError, match=rf"{shards.source}: the strategy file lays .* over 4 devices, but 2 ranks"):
         convert(replace(shards, strategy=four), tiny_model, tmp_path / "cache")
 
 
@@ -90,11 +133,15 @@ def test_cli_convert_writes_the_out_directory(exported, tiny_model: Path, tmp_pa
 
 
 @pytest.mark.engine
-def test_converted_checkpoints_answer_like_the_original_in_vllm(exported, tiny_model, endpoint, auth) -> None:
+def test_converted_checkpoints_answer_like_the_original_in_vllm(exported, tiny_model, endpoint, auth,
+                                                               tmp_path) -> None:
     from serve_apps.config import ModelConfig
 
+    # The merged shards are written sharded with an index, so vLLM loads that layout too.
+    largest = max(t.nbytes for t in hf_tensors(tiny_model).values())
     names = {"conv-ckpt": convert(exported["ckpt"], tiny_model, exported["cache"]),
-             "conv-shards": convert(exported["shards"], tiny_model, exported["cache"])}
+             "conv-shards": convert_to(exported["shards"], tiny_model, tmp_path / "sharded", max_shard_bytes=largest)}
+    assert (names["conv-shards"] / "model.safetensors.index.json").exists()
     endpoint.add_models([ModelConfig(model=str(path), served_model_name=name, dtype="float32",
                                      max_model_len=MAX_MODEL_LEN) for name, path in names.items()])
     try:

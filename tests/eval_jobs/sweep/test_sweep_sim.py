@@ -1,6 +1,7 @@
 """Sweeps on a simulated cluster (CPU head + one 4-NPU worker) with simulated-latency engines: packing within the
-NPU budget, resume after the driver is SIGKILLed, and `--watch`. The driver runs as its own process
-(`python -m eval_jobs.sweep`), as under `ray job submit`."""
+NPU budget, resume after the driver is SIGKILLed, `--watch`, Ctrl-C, and `evalcluster serve` sharing the cluster's
+Serve. The drivers run as their own processes (`python -m eval_jobs.sweep`, `evalcluster serve`), as under
+`ray job submit`."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+from cluster.hosts import HostNetwork
 from cluster.nodes import ClusterState, cluster_down
 from cluster.simulate import simulate_up
 from eval_jobs.store import SampleStore
 from eval_jobs.sweep.scheduler import peak_devices
 from ms_export import export_ckpt
+from shared import broken_config
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
 NPUS = 4
@@ -164,6 +168,188 @@ def test_watch_picks_up_a_finished_checkpoint_and_not_one_being_written(sim_clus
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_within_seconds_retires_everything_and_a_rerun_resumes(sim_cluster, data_dir, tmp_path):
+    for s in (100, 200, 300, 400):
+        fake_checkpoint(tmp_path / "ckpts" / f"step_{s}")
+    sweep = {"checkpoints": [{"glob": str(tmp_path / "ckpts/step_*")}]}
+    # Slow answers: 32 s a sample, three rounds per checkpoint. Waiting for the active checkpoints to finish (what
+    # the thread pool used to do on exit) would take over a minute after the Ctrl-C.
+    config = sweep_config(tmp_path, sim_cluster, data_dir, sweep)
+    slow = yaml.safe_load(config.read_text())
+    slow["serve"]["engine"]["sim_tpot_s"] = 0.5
+    slow["eval"]["generation"]["max_out_len"] = 64
+    config.write_text(yaml.safe_dump(slow))
+    sweep_dir = tmp_path / "sweep"
+    store = SampleStore(sweep_dir / "samples.jsonl")
+
+    driver = start_driver(config, sim_cluster)
+    deadline = time.monotonic() + 240
+    while len(store.load()) < 2:  # the first answers are stored; more are in flight
+        assert driver.poll() is None, driver_log(config)
+        assert time.monotonic() < deadline, driver_log(config)
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    t0 = time.monotonic()
+    assert driver.wait(timeout=45) == 130, driver_log(config)  # a bound, not a measurement: see the report
+    exited = time.time()
+    stopped = events(sweep_dir)
+    stop = next(e["t"] for e in stopped if e["event"] == "stop")
+    print(f"Ctrl-C → exit {time.monotonic() - t0:.1f} s; stop → last retired "
+          f"{max(e['t'] for e in stopped if e['event'] == 'retired') - stop:.1f} s; stop → exit {exited - stop:.1f} s")
+    deployed = [e["checkpoint"] for e in stopped if e["event"] == "deploy"]
+    assert deployed and sorted(deployed) == sorted(e["checkpoint"] for e in stopped if e["event"] == "retired")
+    kept = store.load()
+    assert len(kept) >= 2 and all(r.status == "ok" for r in kept)
+
+    # The rerun (fast answers now) finds nothing left deployed, keeps what was stored, sends only the rest.
+    slow["serve"]["engine"]["sim_tpot_s"] = 0.01
+    config.write_text(yaml.safe_dump(slow))
+    rerun = start_driver(config, sim_cluster)
+    assert rerun.wait(timeout=300) == 0, driver_log(config)
+    after = events(sweep_dir)[len(stopped):]
+    assert not [e for e in after if e.get("reason") == "left behind by a previous run"]
+    records = store.load()
+    assert sorted((r.model, r.index) for r in records) == sorted((f"step_{s}", i) for s in (100, 200, 300, 400)
+                                                                 for i in range(ROWS))
+    lines = (sweep_dir / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == len(records), "a sample was recorded twice: one in flight at the stop was kept"
+    assert {r.key for r in kept} <= {r.key for r in records}
+
+
+def serve_process(sim_cluster: ClusterState, tmp_path: Path, name: str, models: list[dict],
+                  port: int = 0) -> subprocess.Popen:
+    """`evalcluster serve` joined to the simulated cluster with simulated engines."""
+    config = tmp_path / f"serve-{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "cluster": {"address": sim_cluster.gcs_address, "node_ip_address": sim_cluster.driver_ip},
+        "serve": {"port": port, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
+                                           "startup_timeout_s": 120}, "models": models},
+    }))
+    env = dict(os.environ, **sim_cluster.client_env())
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / f"serve-{name}.log", "w")
+    # `-m` rather than the console script: the script imports whichever tree was installed, not this one.
+    return subprocess.Popen([sys.executable, "-m", "evalcluster_cli.main", "serve", "--config", str(config)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout_s: float = 180) -> str:
+    deadline = time.monotonic() + timeout_s
+    while text not in (seen := log.read_text()):
+        assert process.poll() is None, seen[-3000:]
+        assert time.monotonic() < deadline, seen[-3000:]
+        time.sleep(0.3)
+    return seen
+
+
+def listed(sim_cluster: ClusterState, url: str) -> list[str] | str:
+    """The model ids the endpoint at `url` lists, asked from the head (where its loopback address is), or the
+    error's name."""
+    head = HostNetwork.from_dict(sim_cluster.network).host(sim_cluster.gcs_address.split(":")[0])
+    code = ("import json, sys, urllib.request\ntry:\n"
+            "    print(json.dumps([m['id'] for m in json.load(urllib.request.urlopen(sys.argv[1], timeout=5))['data']]))\n"
+            "except Exception as e:\n    print(json.dumps(type(e).__name__))\n")
+    out = subprocess.run(head.command([sys.executable, "-c", code, url]), capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)
+
+
+def settles_to(sim_cluster: ClusterState, url: str, expected: list[str] | str, timeout_s: float = 60) -> object:
+    """What `url` lists once it equals `expected`, or at the deadline (the ingress refreshes its table on a timer)."""
+    deadline = time.monotonic() + timeout_s
+    while (now := listed(sim_cluster, url)) != expected and time.monotonic() < deadline:
+        time.sleep(1)
+    return now
+
+
+def test_stopping_serve_removes_only_what_it_deployed(sim_cluster, tmp_path):
+    first = serve_process(sim_cluster, tmp_path, "first", [{"model": "/ckpt/first", "served_model_name": "first"}])
+    try:
+        seen = wait_for_line(first, tmp_path / "serve-first.log", "Ctrl-C to stop")
+        url = next(line.split()[1] for line in seen.splitlines() if line.startswith("endpoint:")) + "/models"
+        # Another user of the same Serve (a sweep would be the same): it joins, deploys its own checkpoint.
+        second = serve_process(sim_cluster, tmp_path, "second",
+                               [{"model": "/ckpt/second", "served_model_name": "second"}])
+        try:
+            wait_for_line(second, tmp_path / "serve-second.log", "Ctrl-C to stop")
+            assert settles_to(sim_cluster, url, ["first", "second"]) == ["first", "second"]
+            os.killpg(first.pid, signal.SIGINT)
+            assert first.wait(timeout=120) == 0
+            assert settles_to(sim_cluster, url, ["second"]) == ["second"]  # the other one's checkpoint and the endpoint stay
+            os.killpg(second.pid, signal.SIGINT)
+            assert second.wait(timeout=120) == 0
+            assert settles_to(sim_cluster, url, "HTTPError") == "HTTPError"  # the last one out removed the ingress
+        finally:
+            if second.poll() is None:
+                os.killpg(second.pid, signal.SIGKILL)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+
+
+def test_an_endpoint_stopped_part_way_through_its_start_retires_what_it_deployed(sim_cluster, tmp_path):
+    # Someone else's endpoint on the same Serve (it also tells where Serve's proxy listens).
+    other = serve_process(sim_cluster, tmp_path, "other", [{"model": "/ckpt/other", "served_model_name": "other"}])
+    try:
+        seen = wait_for_line(other, tmp_path / "serve-other.log", "Ctrl-C to stop")
+        url = next(line.split()[1] for line in seen.splitlines() if line.startswith("endpoint:")) + "/models"
+        # Each fits the 4 NPUs alone (so the up-front check passes), not together with the others: `blocked`
+        # cannot start, so the start is stuck part-way, `fits` deployed, when it is interrupted.
+        models = [{"model": "/ckpt/fits", "served_model_name": "fits", "tensor_parallel_size": 2},
+                  {"model": "/ckpt/blocked", "served_model_name": "blocked", "tensor_parallel_size": 4}]
+        server = serve_process(sim_cluster, tmp_path, "partial", models)
+        log = tmp_path / "serve-partial.log"
+        try:
+            deadline = time.monotonic() + 180
+            while listed(sim_cluster, url) != ["fits", "other"]:
+                assert server.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+            assert "Ctrl-C to stop" not in log.read_text()  # still starting: waiting for `blocked`
+            os.killpg(server.pid, signal.SIGINT)
+            assert server.wait(timeout=120) == 0, log.read_text()[-3000:]
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+        assert settles_to(sim_cluster, url, ["other"]) == ["other"]  # `fits` retired, `blocked` too; the other one untouched
+    finally:
+        os.killpg(other.pid, signal.SIGINT)
+        other.wait(timeout=120)
+
+
+@pytest.mark.engine
+def test_a_sweep_scores_each_checkpoint_once_and_an_evaluator_failure_fails_only_its_dataset(
+        sim_cluster, data_dir, tiny_model, tmp_path):
+    """Real vLLM CPU engines (tiny-qwen2) on the simulated hosts, AISBench's evaluator; one dataset whose
+    postprocessor raises (test_scores.broken_config)."""
+    config = sweep_config(tmp_path, sim_cluster, data_dir, {
+        "checkpoints": [{"path": str(tiny_model), "name": "tiny-a", "step": 1},
+                        {"path": str(tiny_model), "name": "tiny-b", "step": 2}],
+        "serving": {"dtype": "float32", "max_model_len": 512}, "max_concurrent": 1})
+    job = yaml.safe_load(config.read_text())
+    job["serve"]["engine"] = {"platform": "cpu", "cpus_per_replica": 1, "omp_num_threads": 1,
+                              "startup_timeout_s": 600}
+    job["eval"].update(datasets=[DEMO, str(broken_config(tmp_path))], limit=2, timeout_s=120)
+    config.write_text(yaml.safe_dump(job))
+    sweep_dir = tmp_path / "sweep"
+    driver = start_driver(config, sim_cluster)
+    try:
+        assert driver.wait(timeout=900) == 1, driver_log(config)  # 1: a dataset could not be scored
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    log = events(sweep_dir)
+    assert sorted(e["checkpoint"] for e in log if e["event"] == "scored") == ["tiny-a", "tiny-b"]  # once each
+    assert sorted(e["checkpoint"] for e in log if e["event"] == "retired") == ["tiny-a", "tiny-b"]
+    failed = [(e["checkpoint"], e["dataset"]) for e in log if e["event"] == "score-failed"]
+    assert sorted(failed) == [("tiny-a", "demo_arith_broken"), ("tiny-b", "demo_arith_broken")]
+    assert "tiny-b / demo_arith_broken: not scored:" in driver_log(config)
+    # The other dataset is in the report for both checkpoints, as summarize's rows.
+    curve = pd.read_csv(sweep_dir / "sweep.csv")
+    assert sorted(zip(curve["checkpoint"], curve["dataset"])) == [("tiny-a", "demo_arith"), ("tiny-b", "demo_arith")]
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(summary.loc[summary["metric"] == "accuracy", "model"]) == {"tiny-a", "tiny-b"}
 
 
 def test_a_checkpoint_rewritten_under_the_same_name_is_evaluated_again(sim_cluster, data_dir, tmp_path):
