@@ -51,9 +51,13 @@ class Endpoint:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> Endpoint:
-        """Start Serve's HTTP proxy and the ingress, or join the ones already running on this cluster (their
-        address and settings stay as they are), then deploy `cfg.models`."""
-        if _get_global_client(raise_if_no_controller_running=False) is None:
+        """Start Serve's HTTP proxy and the ingress, or join the ones already running on this cluster, then deploy
+        `cfg.models`. A running Serve keeps the address and proxy location it was started with: joining one that
+        cannot be what the config asks for (another port, or HeadOnly when EveryNode is asked) is refused."""
+        running = _get_global_client(raise_if_no_controller_running=False)
+        if running is not None:
+            _check_joinable(self.cfg, running.get_serve_details())
+        else:
             # Checked where the proxy will bind (the head), which need not be this driver's host. Serve's proxy
             # would retry a taken port forever, and we would wait on it.
             self.port = on_head(_bindable_port, self.host, self.port)
@@ -216,6 +220,24 @@ class Endpoint:
     def shutdown(self) -> None:
         """Shut Serve down with every application on it (whoever deployed them): for a Serve of one's own only."""
         serve.shutdown()
+
+
+def _check_joinable(cfg: ServeConfig, running: dict[str, Any]) -> None:
+    """Refuse a config the running Serve cannot honour: it would be joined silently, and the endpoint would not be
+    where the config says (Serve keeps the HTTP options and proxy location it was started with)."""
+    http = running.get("http_options") or {}
+    location = getattr(running.get("proxy_location"), "value", running.get("proxy_location"))  # an enum, or its name
+    asked = []
+    if cfg.port not in (0, http.get("port")):
+        asked.append(f"serve.port {cfg.port}")
+    if cfg.proxy_location == "EveryNode" and location != "EveryNode":
+        asked.append("serve.proxy_location EveryNode")
+    if asked:
+        raise ConfigError(
+            f"Serve already runs on this cluster at {http.get('host')}:{http.get('port')} (proxy_location "
+            f"{location}) and keeps those settings; this config asks for {' and '.join(asked)}. Join it with "
+            f"serve.port {http.get('port')} (or 0: wherever it runs), or stop it first (`serve shutdown -a "
+            "DASHBOARD_URL`: every application on it goes)")
 
 
 def on_head(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0) -> T:

@@ -30,6 +30,23 @@ def client(endpoint, auth):
         yield c
 
 
+def test_joining_the_running_serve_with_other_http_settings_is_refused(endpoint):
+    """Serve keeps the port and proxy location it was started with: a config asking for others is refused, naming
+    both, instead of being joined at an address it does not name. Port 0 joins wherever Serve runs."""
+    from cluster.errors import ConfigError
+    from serve_apps.config import ServeConfig
+    from serve_apps.endpoint import Endpoint
+
+    taken = endpoint.port
+    for asked, named in ((dict(port=taken + 1), f"serve.port {taken + 1}"),
+                         (dict(port=0, proxy_location="EveryNode"), "serve.proxy_location EveryNode")):
+        with pytest.raises(ConfigError) as refused:
+            Endpoint(ServeConfig(api_key=API_KEY, **asked)).start()
+        assert named in str(refused.value) and f"127.0.0.1:{taken} (proxy_location HeadOnly)" in str(refused.value)
+    joined = Endpoint(ServeConfig(port=0, api_key=API_KEY)).start()  # no models: nothing of its own to deploy
+    assert joined.url == endpoint.url
+
+
 def assert_openai_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
