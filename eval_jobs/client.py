@@ -29,7 +29,7 @@ import json
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,8 @@ MAX_BACKOFF_S = 60.0
 # Connecting is bounded on its own: a refused or unroutable address should be retried soon, not after the
 # first-token wait.
 CONNECT_TIMEOUT_S = 30.0
+# How long a client waits for a Serve handle to learn its replicas before the first request (`Transports.warm_up`).
+WARM_UP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -144,17 +146,36 @@ class Transports:
             # be restarting.
             raise AttemptError(f"{type(exc).__name__}: {str(exc) or 'no detail'}", retryable=True) from None
 
-    @contextlib.asynccontextmanager
-    async def _post_serve(self, app_name: str, body: dict[str, Any]) -> AsyncIterator[Reply]:
+    async def warm_up(self, endpoints: Iterable[str], timeout_s: float = WARM_UP_TIMEOUT_S) -> None:
+        """Have the Serve handle of every `serve:` endpoint know its replicas before the first sample is sent. A
+        new handle's router learns them from Serve's controller only after its first call, and until then every
+        request waits; filling a few hundred slots at once then stalls the start of a run. Past `timeout_s` (the
+        app is still starting), requests wait for the replicas as they would have."""
+        handles = []
+        for app_name in {e.removeprefix(SERVE_SCHEME) for e in endpoints if e.startswith(SERVE_SCHEME)}:
+            try:
+                handles.append(self._handle(app_name))
+            except Exception:  # no such app (any more): each request fails with Serve's reason, as without warm-up
+                continue
+        deadline = time.monotonic() + timeout_s
+        while not all(h.running_replicas_populated() for h in handles) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _handle(self, app_name: str) -> Any:
         from ray import serve
 
         from serve_apps.ingress import ENGINE_DEPLOYMENT
 
         handle = self._handles.get(app_name)
         if handle is None:
-            handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name).options(stream=True)
-            self._handles[app_name] = handle
-        stream = handle.forward.remote("POST", CHAT_PATH, json.dumps(body).encode())
+            handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name)
+            handle._init()  # Serve's handles start their router on the first call; this is that call, made early
+            handle = self._handles[app_name] = handle.options(stream=True)
+        return handle
+
+    @contextlib.asynccontextmanager
+    async def _post_serve(self, app_name: str, body: dict[str, Any]) -> AsyncIterator[Reply]:
+        stream = self._handle(app_name).forward.remote("POST", CHAT_PATH, json.dumps(body).encode())
         try:
             head = await anext(stream)
         except Exception as exc:

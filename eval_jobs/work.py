@@ -35,6 +35,8 @@ IDLE_POLL_S = 0.5
 # How many times the driver restarts one client's run after the client actor died, before it gives up.
 MAX_CLIENT_RESTARTS = 3
 CLIENT_PREFIX = "eval-client-"
+# How long the driver waits for every client actor to be up before work is leased (past it, those up start).
+CLIENT_START_WAIT_S = 120.0
 # A lease not renewed for this long expires and its sample goes back to the queue. Clients renew the leases of
 # requests still in flight every quarter of it, so an answer may stream for hours and keep its lease, while a
 # client that stops renewing (wedged, or on a host that vanished) loses its samples within a minute.
@@ -148,17 +150,22 @@ class WorkQueue(Leases):
 class EvalClient:
     """Keeps up to `concurrency` requests in flight, leasing more as slots free up, until the queue is empty."""
 
-    def __init__(self, name: str, settings: ClientSettings):
+    def __init__(self, name: str, settings: ClientSettings, endpoints: Sequence[str] = ()):
         self._name = name
         self._settings = settings
+        self._endpoints = list(endpoints)  # where this run's requests go: warmed up before the first lease
+
+    def ready(self) -> str:
+        return self._name
 
     async def run(self, queue) -> int:
         s = self._settings
         sent = 0
         in_flight: dict[asyncio.Task, SampleKey] = {}
         finished: list[SampleResult] = []
-        renewed_at = time.monotonic()
         async with Transports(s.concurrency, s.api_key) as session:
+            await session.warm_up(self._endpoints)
+            renewed_at = time.monotonic()
             while True:
                 free = s.concurrency - len(in_flight)
                 # Results go back with the next lease: one call to the queue per turn instead of two per sample
@@ -243,9 +250,13 @@ def distribute(
     def start_client(name: str, restart: int = 0):
         # Named, so operators see them in `ray list actors`.
         actor_name = f"{CLIENT_PREFIX}{run}-{name}" + (f"-r{restart}" if restart else "")
-        return EvalClient.options(name=actor_name, scheduling_strategy=placement).remote(name, settings)
+        return EvalClient.options(name=actor_name, scheduling_strategy=placement).remote(name, settings, endpoints)
 
+    endpoints = sorted({r.endpoint for r in requests})
     clients = {f"client-{i}": start_client(f"client-{i}") for i in range(num_clients)}
+    # Every client up before any leases work: the first one up would otherwise take the first leases alone while
+    # the others start (a second or more each on a loaded host), and the run would start at its pace.
+    ray.wait([c.ready.remote() for c in clients.values()], num_returns=len(clients), timeout=CLIENT_START_WAIT_S)
     runs = {clients[name].run.remote(queue): name for name in clients}
     restarts: collections.Counter[str] = collections.Counter()
     try:
