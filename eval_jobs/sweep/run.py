@@ -75,8 +75,9 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
         # and each checkpoint reaches the trackers at its training step once, when all its samples are in.
         # A copy: the scheduler adds checkpoints (watch) while this thread reads them.
         checkpoints = dict(sweep.checkpoints)
-        write_reports(sweep_dir, job, scorer, datasets, checkpoints, dict(sweep.sources), simulated)
-        trackers.log(summary, steps=checkpoints)
+        table, _ = write_reports(sweep_dir, job, scorer, datasets, checkpoints, dict(sweep.sources), simulated)
+        if not table.empty:  # the report's rows: scores with their perf columns
+            trackers.log(table[table["model"] == name], steps=checkpoints)
         if on_scored is not None and not summary.empty:
             on_scored(name, summary)
 

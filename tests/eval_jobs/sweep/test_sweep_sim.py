@@ -350,6 +350,16 @@ def test_a_sweep_scores_each_checkpoint_once_and_an_evaluator_failure_fails_only
     assert sorted(zip(curve["checkpoint"], curve["dataset"])) == [("tiny-a", "demo_arith"), ("tiny-b", "demo_arith")]
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert set(summary.loc[summary["metric"] == "accuracy", "model"]) == {"tiny-a", "tiny-b"}
+    # The learning curve in TensorBoard (the sweep's default logdir), read back with TensorBoard's own reader: each
+    # checkpoint at its step with sweep.csv's value and CI, and its perf figures beside them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(sweep_dir / "tensorboard")).Reload()
+    for column, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+        scalars = {e.step: e.value for e in logged.Scalars(f"demo_arith/accuracy{suffix}")}
+        assert scalars == pytest.approx(dict(zip(curve["step"], curve[column]))), column
+    assert sorted(e.step for e in logged.Scalars("perf/demo_arith/ttft_p50_s")) == [1, 2]
+    assert (sweep_dir / "samples.html").exists() and "tiny-b" in (sweep_dir / "samples.html").read_text()
 
 
 def test_a_checkpoint_rewritten_under_the_same_name_is_evaluated_again(sim_cluster, data_dir, tmp_path):
