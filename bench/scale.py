@@ -59,9 +59,11 @@ SLOTS = 4  # the simulated engine's max_num_seqs
 TTFT_S, TPOT_S, TOKENS = 0.3, 0.15, 8
 ROUNDS = 4 if QUICK else 20  # requests per slot
 # Clients keep twice the slots busy: Serve spreads requests over replicas by sampled queue lengths, not perfectly,
-# and a short queue at every engine keeps a slot from idling while another engine has two waiting. (Capping a
-# replica at its slots, `max_ongoing_requests`, instead leaves the queue in Serve's router, which retries full
-# replicas with a backoff: ~0.4 s per hand-off, 1.10 already at 1 replica.)
+# and a short queue at every engine keeps a slot from idling while another engine has two waiting. Each replica
+# accepts at most that many (`max_ongoing_requests`), so the queues stay even: uncapped, Serve's sampling left some
+# engines two or three requests more than others when the dataset ran out, and they ran on alone (1.0 s of a
+# 29.7 s run at 16 replicas; capped, 0.1 s of 28.6). (Capping at the slots instead leaves the queue in Serve's
+# router, which retries full replicas with a backoff: ~0.4 s per hand-off, 1.10 already at 1 replica.)
 OVERSUBSCRIBE = 2
 CLIENTS = 2
 # The long tail: on LONG_TAIL_REPLICAS replicas, LONG_COUNT of the requests (5%) generate LONG_FACTOR x the tokens.
@@ -199,7 +201,8 @@ def long_tail(endpoint: Endpoint) -> list[Result]:
 
 def main() -> None:
     engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0, startup_timeout_s=300,
-                          sim_ttft_s=TTFT_S, sim_tpot_s=TPOT_S, sim_max_num_seqs=SLOTS)
+                          sim_ttft_s=TTFT_S, sim_tpot_s=TPOT_S, sim_max_num_seqs=SLOTS,
+                          max_ongoing_requests=OVERSUBSCRIBE * SLOTS)
     with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2) as sim:
         endpoint = Endpoint(ServeConfig(port=0, engine=engine)).start()
         try:
