@@ -248,13 +248,12 @@ def print_summary(table: pd.DataFrame, *, simulated: bool = False, console: Cons
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no tabulate dependency); numbers right-aligned."""
-    cols = [str(c) for c in df.columns]
-    align = ["---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join(align) + " |"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(format_cell(v).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(lines)
+    """A GitHub-flavoured Markdown table (pandas' `to_markdown`, by tabulate); cells as `format_cell`, numbers
+    right-aligned, `|` inside a cell escaped."""
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
+    cells = df.astype(object).map(lambda v: format_cell(v).replace("|", "\\|"))
+    # Every cell is text by now: tabulate must not parse "1.5" back into a number and reformat it.
+    return cells.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True)
 
 
 def format_cell(value: Any) -> str:

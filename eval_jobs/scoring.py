@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from cluster.errors import ConfigError
 from eval_jobs.datasets import EvalDataset
@@ -239,16 +240,14 @@ def bootstrap_ci(
     confidence: float = CONFIDENCE,
     seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean, resampling questions with a fixed seed (same input, same CI)."""
+    """Percentile bootstrap CI of the mean (`scipy.stats.bootstrap`), resampling questions with a fixed seed (same
+    input, same CI)."""
     if len(values) == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    step = max(1, 2_000_000 // len(values))  # resample in chunks: bounded memory for large datasets
-    for start in range(0, n_resamples, step):
-        stop = min(start + step, n_resamples)
-        picks = rng.integers(0, len(values), size=(stop - start, len(values)))
-        means[start:stop] = values[picks].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
+    if len(values) == 1 or np.all(values == values[0]):  # every resample is the same: scipy refuses the degenerate case
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap((np.asarray(values, dtype=float),), np.mean, n_resamples=n_resamples,
+                             confidence_level=confidence, method="percentile", vectorized=True,
+                             batch=max(1, 2_000_000 // len(values)),  # bounded memory for large datasets
+                             random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

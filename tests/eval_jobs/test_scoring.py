@@ -153,6 +153,20 @@ def test_pass_and_cons_at_k_hand_computed() -> None:
     pd.testing.assert_frame_equal(summarize(repeats_frame()), summarize(repeats_frame()))  # fixed seed
 
 
+def test_bootstrap_ci_of_a_proportion_matches_the_normal_approximation() -> None:
+    """400 questions, 30 % right: the percentile bootstrap of the mean is p ± 1.96·√(p(1-p)/n) to within sampling
+    noise (independent of scipy), the same on every call, and a single value or a constant has a zero-width CI."""
+    from eval_jobs.scoring import bootstrap_ci
+
+    values = np.array([1.0] * 120 + [0.0] * 280)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / len(values))
+    low, high = bootstrap_ci(values)
+    assert low == pytest.approx(0.3 - half, abs=0.006) and high == pytest.approx(0.3 + half, abs=0.006)
+    assert bootstrap_ci(values) == (low, high)
+    assert bootstrap_ci(np.array([0.5])) == (0.5, 0.5) and bootstrap_ci(np.ones(7)) == (1.0, 1.0)
+    assert all(math.isnan(x) for x in bootstrap_ci(np.array([])))
+
+
 def test_pass_at_k_matches_aisbench_and_helpers() -> None:
     from ais_bench.benchmark.openicl.icl_evaluator.icl_base_evaluator import compute_pass_at_k
 
