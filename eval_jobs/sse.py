@@ -3,6 +3,9 @@
 Whatever a server sends — wrong shapes or types, invalid or truncated UTF-8, a line of megabytes, an error body of
 any size — ends as an `AttemptError` that names it, never as another exception: a malformed answer is a failed
 sample, not a dead client actor.
+
+Parsed here rather than with httpx-sse: that library reads an `httpx.Response`, and the same bytes also come from
+Serve handles (the data plane), where there is none; the line cap and the per-read idle bounds must hold on both.
 """
 
 from __future__ import annotations
