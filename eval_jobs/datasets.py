@@ -149,6 +149,13 @@ def _dataset_dicts(config_path: Path) -> list[Any]:
     return dicts
 
 
+def data_file_of(dcfg: Any) -> str | None:
+    """The config's data file as written in it: `data_files` for Hugging Face loaders (FewCLUE's HFDataset and
+    friends call `load_dataset(path, data_files=...)`, where `path` names a builder such as "json"), else `path`."""
+    data_files = dcfg.get("data_files")
+    return data_files if isinstance(data_files, str) else dcfg.get("path")
+
+
 def expected_data_path(path: str | None, data_dir: Path) -> Path | None:
     """Where AISBench looks for `path` (datasets/utils/datasets.py:get_data_path): absolute as is, else under
     the data dir."""
@@ -179,7 +186,7 @@ def find_dataset_configs(pattern: str, data_dir: str | Path | None = None) -> li
                 infos.append(DatasetConfigInfo(name, "", path, None, False, error=str(exc)))
             continue
         for dcfg in dicts:
-            data_path = expected_data_path(dcfg.get("path"), root)
+            data_path = expected_data_path(data_file_of(dcfg), root)
             infos.append(
                 DatasetConfigInfo(
                     name=name,
@@ -226,10 +233,11 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
     if refusal:
         raise ConfigError(f"{where}: {refusal}")
     n, k = _repeats(dcfg, where)
-    data_path = expected_data_path(dcfg.get("path"), data_dir)
+    data_path = expected_data_path(data_file_of(dcfg), data_dir)
     if data_path is not None and not data_path.exists():
+        field = "data_files" if isinstance(dcfg.get("data_files"), str) else "path"
         raise ConfigError(
-            f"{where}: data file not found: {data_path} (path = {dcfg.get('path')!r} resolved "
+            f"{where}: data file not found: {data_path} ({field} = {dcfg.get(field)!r} resolved "
             f"against the data dir {data_dir}; set data_dir or ${CACHE_ENV})"
         )
     build_cfg = copy.deepcopy(dcfg)

@@ -105,7 +105,7 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         data_dir = Path(tmp)
         write_data_files(dcfg, data_dir)
         build_cfg = {k: v for k, v in dcfg.items() if k not in ("n", "k")}
-        data_path = ds.expected_data_path(dcfg.get("path"), data_dir)
+        data_path = ds.expected_data_path(ds.data_file_of(dcfg), data_dir)
         try:
             built = ds.build_rows(build_cfg, data_dir, data_path, abbr)
         except ConfigError as exc:
