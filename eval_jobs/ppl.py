@@ -23,7 +23,8 @@ only cost engine time.
 
 One sample is one question; its option requests are its parts, sent one after another as AISBench sends them,
 and stored in the sample's record with their perplexities (so a resumed run reuses the whole question, and a
-report shows why an option won). A part that fails after its retries fails the sample, naming the option.
+report shows why an option won). A part that fails after its retries fails the sample, naming the option; the
+rerun that retries the question sends only the options it has no answer for yet (`reuse_parts`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ async def send_ppl(
     parts: list[dict[str, Any]] = []
     attempts, error = 0, None
     for part in request.parts:
+        if part.get("result"):  # answered in an earlier run of the same question (`reuse_parts`)
+            parts.append(part["result"])
+            continue
         t0 = time.perf_counter()
         done, tries, reason = None, 0, ""
         while True:
@@ -186,6 +190,22 @@ async def send_ppl(
     if error is not None:
         return SampleResult(status="failed", error=error, **common)
     return SampleResult(status="ok", response=chosen or "", **common)
+
+
+def reuse_parts(todo: Sequence[SampleRequest], latest: dict[SampleKey, SampleResult]) -> list[SampleRequest]:
+    """`todo` with the options an earlier, failed record of the same question (same fingerprint) got answers for:
+    a rerun sends only the options still missing."""
+    out = []
+    for request in todo:
+        record = latest.get(request.key)
+        if not request.parts or record is None or record.status == "ok" or record.fingerprint != request.fingerprint:
+            out.append(request)
+            continue
+        answered = {p["label"]: p for p in record.parts if p.get("status") == "ok"}
+        parts = [{**part, "result": answered[part["label"]]} if part["label"] in answered else part
+                 for part in request.parts]
+        out.append(request.model_copy(update={"parts": parts}))
+    return out
 
 
 def _total(parts: list[dict[str, Any]], field: str) -> int | None:

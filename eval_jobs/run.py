@@ -28,7 +28,7 @@ from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
-from eval_jobs.ppl import ppl_request
+from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import provenance
 from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
@@ -182,7 +182,8 @@ def run_job(job: JobConfig) -> pd.DataFrame:
                 on_results(results)
 
             try:
-                distribute(plan.todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+                todo = reuse_parts(plan.todo, store.latest())  # a failed PPL question keeps its answered options
+                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
 

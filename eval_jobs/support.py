@@ -46,8 +46,7 @@ def unsupported(dcfg: Any) -> str | None:
     infer_cfg = dcfg.get("infer_cfg") or {}
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
     if inferencer not in ("GenInferencer", "PPLInferencer"):
-        return (f"{inferencer}: not supported yet (GenInferencer: one generated answer per request; "
-                "PPLInferencer: prompt log-probabilities per option)")
+        return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer)"
     if dcfg.get("judge_infer_cfg"):
         return "judge_infer_cfg (an LLM judges the answers): not supported yet"
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):

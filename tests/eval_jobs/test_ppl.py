@@ -16,7 +16,7 @@ from eval_jobs import datasets as ds
 from eval_jobs.client import Bounds, Transports
 from eval_jobs.config import JobConfig
 from eval_jobs.coverage.data_files import write_data_files
-from eval_jobs.ppl import choose, perplexity, ppl_request, send_ppl
+from eval_jobs.ppl import choose, perplexity, ppl_request, reuse_parts, send_ppl
 from eval_jobs.records import SampleKey
 from eval_jobs.run import run_job
 from eval_jobs.store import RunDir, SampleStore
@@ -153,3 +153,33 @@ def test_perplexity_is_aisbench_formula_and_ties_go_to_the_first_label():
     logprobs = [None, {"17": {"logprob": -1.5, "rank": 3}}, {"9": {"logprob": -0.25, "rank": 1}}]
     assert perplexity(logprobs) == (BaseAPIModel._calc_ppl(None, logprobs), 2)
     assert choose([("A", 2.0), ("B", 1.0), ("C", 1.0)]) == "B"
+
+
+@pytest.mark.engine
+def test_a_failed_question_retried_sends_only_its_missing_options(endpoint, tmp_path, ray_cluster):
+    """Options answered before a question failed are kept by the rerun (same fingerprint): here option D's first
+    try names a model the server lacks (a 404, not retried), the rerun's D the right one."""
+    data_dir = tiny_data(ARC, tmp_path)
+    dataset = ds.load_dataset(ARC, data_dir)
+    key = SampleKey("tiny-a", dataset.name, 0, 0)
+    good = ppl_request(key, endpoint.url, dataset.ppl_options[0], dataset.ppl_labels, {"model": "tiny-a"})
+    broken = good.model_copy(update={"parts": [*good.parts[:3], {**good.parts[3], "body": {
+        **good.parts[3]["body"], "model": "no-such-model"}}], "fingerprint": "same question"})
+    good = good.model_copy(update={"fingerprint": "same question"})
+
+    async def send(request):
+        async with Transports(1, API_KEY) as transports:
+            return await send_ppl(transports, request, bounds=Bounds(idle_s=60), max_retries=0, backoff_s=0)
+
+    first = asyncio.run(send(broken))
+    assert first.status == "failed" and [p["status"] for p in first.parts] == ["ok", "ok", "ok", "failed"]
+    before = engine_requests(endpoint)
+    (retry,) = reuse_parts([good], {key: first})
+    second = asyncio.run(send(retry))
+    assert engine_requests(endpoint) - before == 1  # only D
+    assert second.status == "ok" and [p["status"] for p in second.parts] == ["ok"] * 4
+    assert second.parts[:3] == first.parts[:3]
+    assert second.response == choose([(p["label"], p["ppl"]) for p in second.parts])
+    # A record made by other inputs (another fingerprint) is not reused.
+    (fresh,) = reuse_parts([good.model_copy(update={"fingerprint": "changed"})], {key: first})
+    assert not any("result" in p for p in fresh.parts)
