@@ -2,7 +2,7 @@
 option prompts, not by generated text.
 
     labels, options = render_options(built_dataset, infer_cfg)    # driver: per row, per label, the chat messages
-    request = ppl_request(key, endpoint, options[i], labels, fields, fingerprint_of)
+    request = ppl_request(key, endpoint, options[i], labels, fields)
     result = await send_ppl(transports, request, bounds=bounds, max_retries=3, backoff_s=1.0)
     result.response    # "B": the label whose prompt has the lowest perplexity
     result.parts       # per option: label, ppl, prompt tokens, the messages sent
@@ -34,7 +34,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from eval_jobs.client import Bounds, Transports, _backoff
@@ -80,17 +80,14 @@ def render_options(dataset: Any, infer_cfg: Any) -> tuple[list[str], list[list[l
     return [str(label) for label in labels], [[body["messages"] for body in row] for row in rows]
 
 
-def ppl_request(
-    key: SampleKey, endpoint: str, options: Sequence[list[dict[str, Any]]], labels: Sequence[str],
-    fields: dict[str, Any], fingerprint_of: Callable[[dict[str, Any]], str | None] | None = None,
-) -> SampleRequest:
+def ppl_request(key: SampleKey, endpoint: str, options: Sequence[list[dict[str, Any]]], labels: Sequence[str],
+                fields: dict[str, Any]) -> SampleRequest:
     """One question: a part per option, each a chat body (`fields`: model and AISBench's sampling fields; the PPL
-    fields are set here). `fingerprint_of(body)` hashes what the sample is made of."""
+    fields are set here). Its `body` holds every option, so its fingerprint covers them all."""
     shared = {**{k: v for k, v in fields.items() if k != "stream_interval"}, **PPL_FIELDS}
     parts = [{"label": label, "body": {**shared, "messages": messages}} for label, messages in zip(labels, options)]
     body = {**shared, "options": [{"label": p["label"], "messages": p["body"]["messages"]} for p in parts]}
-    return SampleRequest(key=key, endpoint=endpoint, body=body, parts=parts,
-                         fingerprint=fingerprint_of(body) if fingerprint_of else None)
+    return SampleRequest(key=key, endpoint=endpoint, body=body, parts=parts)
 
 
 def prompt_logprobs_of(answer: Any) -> list[Any]:

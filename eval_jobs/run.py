@@ -58,17 +58,14 @@ def build_requests(
                 for repeat in range(cfg.num_repeats or ds.n):
                     key = SampleKey(model, ds.name, index, repeat)
                     fields = {"model": model, **cfg.generation.request_fields(repeat, row_limit, defaults)}
-
-                    def fingerprint(body: dict, row: dict = row) -> str | None:
-                        return sample_fingerprint(body, row, identities[model]) if identities is not None else None
-
-                    if ds.ppl_options is not None:
-                        requests.append(ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [],
-                                                    fields, fingerprint))
-                        continue
-                    body = {"model": model, "messages": ds.messages[index], **{k: v for k, v in fields.items()
-                                                                                if k != "model"}}
-                    requests.append(SampleRequest(key=key, endpoint=endpoint, body=body, fingerprint=fingerprint(body)))
+                    if ds.ppl_options is not None:  # a question of a PPL dataset: one request per option
+                        request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
+                    else:
+                        request = SampleRequest(key=key, endpoint=endpoint,
+                                                body={"messages": ds.messages[index], **fields})
+                    if identities is not None:
+                        request.fingerprint = sample_fingerprint(request.body, row, identities[model])
+                    requests.append(request)
     return requests
 
 
