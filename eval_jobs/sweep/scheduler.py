@@ -30,6 +30,7 @@ import ray
 from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
+from eval_jobs.ppl import reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.run import build_requests, client_settings, data_plane
 from eval_jobs.store import SampleStore, plan_resume
@@ -296,11 +297,13 @@ class Sweep:
             self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60)
             self.events.write("ready", name)
             requests = self.requests[name]
-            plan = plan_resume(requests, self.store.latest())
+            latest = self.store.latest()
+            plan = plan_resume(requests, latest)
             log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
             self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
                               changed=plan.changed, failed_before=plan.failed)
-            distribute(plan.todo, client_settings(self.job.eval), self.job.eval.clients, self._record,
+            todo = reuse_parts(plan.todo, latest)  # a failed PPL question keeps its answered options
+            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record,
                        watch=ServingWatch([name]).check)
         finally:
             with self._serve_lock:

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 import yaml
