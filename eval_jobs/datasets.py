@@ -75,6 +75,14 @@ class EvalDataset:
     n: int = 1
     k: tuple[int, ...] = (1,)
     max_out_lens: list[int | None] | None = None
+    # PPL datasets (eval_jobs/ppl.py): the option labels, and per row each option's messages (`messages[i]` is then
+    # the first option's, for anything that shows one prompt per row).
+    ppl_labels: list[str] | None = None
+    ppl_options: list[list[list[dict[str, Any]]]] | None = None
+
+    @property
+    def is_ppl(self) -> bool:
+        return self.ppl_options is not None
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -141,6 +149,13 @@ def _dataset_dicts(config_path: Path) -> list[Any]:
     return dicts
 
 
+def data_file_of(dcfg: Any) -> str | None:
+    """The config's data file as written in it: `data_files` for Hugging Face loaders (FewCLUE's HFDataset and
+    friends call `load_dataset(path, data_files=...)`, where `path` names a builder such as "json"), else `path`."""
+    data_files = dcfg.get("data_files")
+    return data_files if isinstance(data_files, str) else dcfg.get("path")
+
+
 def expected_data_path(path: str | None, data_dir: Path) -> Path | None:
     """Where AISBench looks for `path` (datasets/utils/datasets.py:get_data_path): absolute as is, else under
     the data dir."""
@@ -171,7 +186,7 @@ def find_dataset_configs(pattern: str, data_dir: str | Path | None = None) -> li
                 infos.append(DatasetConfigInfo(name, "", path, None, False, error=str(exc)))
             continue
         for dcfg in dicts:
-            data_path = expected_data_path(dcfg.get("path"), root)
+            data_path = expected_data_path(data_file_of(dcfg), root)
             infos.append(
                 DatasetConfigInfo(
                     name=name,
@@ -208,7 +223,8 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None) 
 
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
-    from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported  # imports us
+    from eval_jobs import ppl  # imports us
+    from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
     abbr = str(dcfg.get("abbr", config_path.stem))
     where = f"{config_path}: dataset {abbr!r}"
@@ -217,10 +233,11 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
     if refusal:
         raise ConfigError(f"{where}: {refusal}")
     n, k = _repeats(dcfg, where)
-    data_path = expected_data_path(dcfg.get("path"), data_dir)
+    data_path = expected_data_path(data_file_of(dcfg), data_dir)
     if data_path is not None and not data_path.exists():
+        field = "data_files" if isinstance(dcfg.get("data_files"), str) else "path"
         raise ConfigError(
-            f"{where}: data file not found: {data_path} (path = {dcfg.get('path')!r} resolved "
+            f"{where}: data file not found: {data_path} ({field} = {dcfg.get(field)!r} resolved "
             f"against the data dir {data_dir}; set data_dir or ${CACHE_ENV})"
         )
     build_cfg = copy.deepcopy(dcfg)
@@ -236,7 +253,12 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
     dataset = build_rows(build_cfg, data_dir, data_path, where)
     reader = dataset.reader
     test = dataset.test
-    messages = render(dataset, infer_cfg)
+    labels, options = None, None
+    if ppl.is_ppl(infer_cfg):
+        labels, options = ppl.render_options(dataset, infer_cfg)
+        messages = [row[0] for row in options]
+    else:
+        messages = render(dataset, infer_cfg)
     rows = [dict(row) for row in test]
     output_column = reader.output_column
     max_out_lens = reader.get_max_out_len()
@@ -254,6 +276,8 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
         n=n,
         k=k,
         max_out_lens=list(max_out_lens) if max_out_lens is not None else None,
+        ppl_labels=labels,
+        ppl_options=options,
     )
 
 
@@ -334,17 +358,27 @@ def _first_jsonl_line_without(path: Path, column: str) -> int | None:
     return None
 
 
-def render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
-    """The messages per test row, built the way GenInferencer.get_data_list + VLLMCustomAPIChat do."""
-    from ais_bench.benchmark.models.output import RequestOutput
+def retriever_for(dataset: Any, infer_cfg: Any) -> Any:
+    """The dataset's AISBench retriever, wired as OpenICLApiInferTask._get_data_list wires it."""
     from ais_bench.benchmark.registry import ICL_RETRIEVERS
 
-    # Same retriever wiring as OpenICLApiInferTask._get_data_list.
     retriever_cfg = copy.deepcopy(infer_cfg["retriever"])
     retriever_cfg["dataset"] = dataset
     retriever_cfg["prompt_template"] = infer_cfg.get("prompt_template")
     retriever_cfg["ice_template"] = infer_cfg.get("ice_template")
-    retriever = ICL_RETRIEVERS.build(retriever_cfg)
+    return ICL_RETRIEVERS.build(retriever_cfg)
+
+
+def render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
+    """The messages per test row, built the way GenInferencer.get_data_list + VLLMCustomAPIChat do (for a PPL
+    dataset: each row's first option; `ppl.render_options` gives them all)."""
+    from ais_bench.benchmark.models.output import RequestOutput
+
+    from eval_jobs import ppl
+
+    if ppl.is_ppl(infer_cfg):
+        return [row[0] for row in ppl.render_options(dataset, infer_cfg)[1]]
+    retriever = retriever_for(dataset, infer_cfg)
     replace_token = infer_cfg["inferencer"].get("gen_field_replace_token", "") or ""
     model = _render_model()
     prompts = []

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.errors import ConfigError
+from eval_jobs.code_exec import ExecutionFailure, bound_for, bounded_call, runs_code
 from eval_jobs.datasets import EvalDataset
 
 # Keys BaseEvaluator.evaluate looks for, in its order, to read a detail's correctness.
 CORRECT_KEYS = ("correct", "is_correct", "cascade_correct")
-# First-metric names whose one-sample value is right (full marks) or wrong (0): AccEvaluator's `accuracy`,
-# LEvalEMEvaluator's `exact_match`. Not `score`: LongBench's F1/ROUGE evaluators call theirs that too.
-BINARY_METRIC_NAMES = ("accuracy", "acc", "exact_match", "em")
+# Metric names whose one-sample value is right (full marks) or wrong (0): AccEvaluator's `accuracy`,
+# LEvalEMEvaluator's `exact_match`, MBPPPassKEvaluator's `pass@1`. Not `score`: LongBench's F1/ROUGE evaluators
+# call theirs that too.
+BINARY_METRIC_NAMES = ("accuracy", "acc", "exact_match", "em", "pass@1")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Verdict:
     correct: bool | None
     score: float | None
     extracted: str
+    reason: str | None = None  # why the sample failed without the evaluator's say (its program crashed the scorer)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,11 @@ def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[in
     preds = evaluator.pred_postprocess(preds)  # BaseEvaluator.evaluate applies this per replica
     rows = list(indices)
 
-    result = _score(dataset, evaluator, preds, rows, references)
+    bad: dict[int, str] = {}
+    if runs_code(evaluator):
+        result, bad = _score_programs(dataset, evaluator, preds, rows, references)
+    else:
+        result = _score(dataset, evaluator, preds, rows, references)
     metrics = {key: float(value) for key, value in result.items() if _is_number(value)}
     details = result.get("details")
     if isinstance(details, dict):  # some evaluators key details by str(index); evaluate() takes values()
@@ -85,8 +92,48 @@ def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[in
         _check_order(dataset.name, details, [references[i] for i in rows])
         verdicts = [_from_detail(d, preds[j]) for j, d in enumerate(details)]
     else:
-        verdicts = [_alone(dataset, evaluator, preds[j], i, references) for j, i in enumerate(rows)]
+        verdicts = [_alone(dataset, evaluator, preds[j], i, references) if j not in bad else None
+                    for j, i in enumerate(rows)]
+    for j, reason in bad.items():
+        verdicts[j] = Verdict(False, 0.0, _text(preds[j]), reason=reason)
     return Judgement(verdicts, metrics)
+
+
+def _score_programs(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows: list[int],
+                    references: list[Any]) -> tuple[dict, dict[int, str]]:
+    """score() of an evaluator that runs the programs, bounded (eval_jobs/code_exec.py). When the call over all
+    samples fails and the same call with every answer empty does not, the programs are at fault: bisection finds
+    the answers that make it fail, those are failed verdicts with the reason, and the rest is scored without them
+    (their answers empty, as failed samples are scored). Returns (score() result, sample position -> reason)."""
+    def run(kept: set[int]) -> dict:
+        attempt = [p if j in kept else "" for j, p in enumerate(preds)]
+        return bounded_call(lambda: _score(dataset, evaluator, attempt, rows, references),
+                            timeout_s=bound_for(len(preds)))
+
+    everything = set(range(len(preds)))
+    try:
+        return run(everything), {}
+    except (ExecutionFailure, ScoringError) as exc:
+        first = exc
+    try:
+        run(set())
+    except (ExecutionFailure, ScoringError):
+        raise ScoringError(str(first)) from None  # the evaluator fails on its own: not a program's doing
+
+    def culprits(positions: list[int]) -> dict[int, str]:
+        try:
+            run(set(positions))
+            return {}
+        except (ExecutionFailure, ScoringError) as exc:
+            if len(positions) == 1:
+                return {positions[0]: f"the program broke the scoring: {exc}"}
+        half = len(positions) // 2
+        return culprits(positions[:half]) | culprits(positions[half:])
+
+    bad = culprits(sorted(everything))
+    if not bad:  # only all of them together fail: nothing to single out
+        raise ScoringError(str(first))
+    return run(everything - bad.keys()), bad
 
 
 def build_evaluator(evaluator_cfg: dict[str, Any]) -> Any:
@@ -140,11 +187,19 @@ def _from_detail(detail: dict[str, Any], pred: Any) -> Verdict:
 
 def _alone(dataset: EvalDataset, evaluator: Any, pred: Any, row: int, references: list[Any]) -> Verdict:
     """The evaluator's decision on one sample: score() over that sample alone."""
-    result = _score(dataset, evaluator, [pred], [row], references)
+    if runs_code(evaluator):
+        try:
+            result = bounded_call(lambda: _score(dataset, evaluator, [pred], [row], references),
+                                  timeout_s=bound_for(1))
+        except ExecutionFailure as exc:
+            return Verdict(False, 0.0, _text(pred), reason=f"the program broke the scoring: {exc}")
+    else:
+        result = _score(dataset, evaluator, [pred], [row], references)
     numbers = [(k, float(v)) for k, v in result.items() if _is_number(v)]
     if not numbers:
         raise ScoringError(f"evaluator {type(evaluator).__name__} returned no numeric metric for one sample")
-    name, value = numbers[0]
+    # A right/wrong metric decides the sample wherever it comes (MBPPPassKEvaluator: counts first, then pass@1).
+    name, value = next(((k, v) for k, v in numbers if k.lower() in BINARY_METRIC_NAMES), numbers[0])
     correct = None
     if name.lower() in BINARY_METRIC_NAMES:
         if value not in (0.0, 1.0, 100.0):

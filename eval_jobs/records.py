@@ -26,6 +26,10 @@ class SampleRequest(BaseModel):
         None, description="What produces this sample's answer (request body, dataset row, checkpoint identity), "
         "hashed: a stored record counts for a rerun only if its fingerprint is the same (eval_jobs/fingerprint.py).",
     )
+    parts: list[dict[str, Any]] = Field(
+        default_factory=list, description="A sample made of several requests (eval_jobs/ppl.py: one per answer "
+        "option, each {'label', 'body'}); `body` then holds only what they share. Empty: one request, `body`.",
+    )
 
 
 class SampleResult(BaseModel):
@@ -54,6 +58,10 @@ class SampleResult(BaseModel):
     fingerprint: str | None = Field(
         None, description="The request's fingerprint; records written before fingerprints existed have none, and "
         "match nothing.",
+    )
+    parts: list[dict[str, Any]] = Field(
+        default_factory=list, description="What each part of a many-request sample gave (eval_jobs/ppl.py: per "
+        "option its label, perplexity and prompt tokens); `response` is then the sample's answer (the chosen label).",
     )
 
     @property

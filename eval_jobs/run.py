@@ -28,6 +28,7 @@ from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import provenance
 from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
@@ -55,11 +56,16 @@ def build_requests(
                 row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
                 row = {"row": ds.rows[index] if index < len(ds.rows) else None, "reference": ds.references[index]}
                 for repeat in range(cfg.num_repeats or ds.n):
-                    body = {"model": model, "messages": ds.messages[index],
-                            **cfg.generation.request_fields(repeat, row_limit, defaults)}
-                    fp = sample_fingerprint(body, row, identities[model]) if identities is not None else None
-                    requests.append(SampleRequest(key=SampleKey(model, ds.name, index, repeat),
-                                                  endpoint=endpoint, body=body, fingerprint=fp))
+                    key = SampleKey(model, ds.name, index, repeat)
+                    fields = {"model": model, **cfg.generation.request_fields(repeat, row_limit, defaults)}
+                    if ds.ppl_options is not None:  # a question of a PPL dataset: one request per option
+                        request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
+                    else:
+                        request = SampleRequest(key=key, endpoint=endpoint,
+                                                body={"messages": ds.messages[index], **fields})
+                    if identities is not None:
+                        request.fingerprint = sample_fingerprint(request.body, row, identities[model])
+                    requests.append(request)
     return requests
 
 
@@ -173,7 +179,8 @@ def run_job(job: JobConfig) -> pd.DataFrame:
                 on_results(results)
 
             try:
-                distribute(plan.todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+                todo = reuse_parts(plan.todo, store.latest())  # a failed PPL question keeps its answered options
+                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
 

@@ -58,6 +58,7 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
     frame["correct"] = pd.Series(None, index=frame.index, dtype=object)
     frame["score"] = np.nan
     frame["extracted"] = ""
+    frame["judge_error"] = pd.Series(None, index=frame.index, dtype=object)  # a program that broke the scorer
     metric_rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     for (model, name), group in frame.groupby(["model", "dataset"], sort=True):
@@ -73,6 +74,7 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
                 frame.loc[rep.index, "score"] = [v.score for v in judgement.verdicts]
                 frame.loc[rep.index, "extracted"] = [v.extracted if good else "" for v, good in
                                                      zip(judgement.verdicts, ok)]
+                frame.loc[rep.index, "judge_error"] = [v.reason for v in judgement.verdicts]
                 per_repeat.append(judgement.metrics)
         except Exception as exc:  # any failure of one dataset's scoring: reported, the other datasets go on
             known = isinstance(exc, (ScoringError, ConfigError))

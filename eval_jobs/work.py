@@ -26,6 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.net import is_loopback
 from eval_jobs.client import SERVE_SCHEME, Bounds, Transports, failed_result, send_chat
+from eval_jobs.ppl import send_ppl
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 log = logging.getLogger(__name__)
@@ -206,8 +207,9 @@ class EvalClient:
     async def _one(self, session, request: SampleRequest) -> SampleResult:
         s = self._settings
         try:
-            return await send_chat(session, request, bounds=s.bounds(), max_retries=s.max_retries,
-                                   backoff_s=s.backoff_s)
+            # A sample of many requests (a PPL question: one per option) is sent by its own module.
+            send = send_ppl if request.parts else send_chat
+            return await send(session, request, bounds=s.bounds(), max_retries=s.max_retries, backoff_s=s.backoff_s)
         except Exception as exc:  # send_chat records failures itself; this guards the actor against its bugs
             return failed_result(request, f"internal error in the client ({type(exc).__name__}): {exc}")
 

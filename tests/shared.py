@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from eval_jobs.datasets import resolve_config
 from eval_jobs.records import SampleRequest, SampleResult
 from eval_jobs.work import ClientSettings, distribute
 from serve_apps.config import ModelConfig
+from serve_apps.engine_process import engine_headers
 
 API_KEY = "test-key-0123"
 MAX_MODEL_LEN = 512
@@ -115,3 +117,11 @@ def sim_engine(name: str = "sim", *, ttft_s: float = 0.1, tpot_s: float = 0.05,
 def sim_requests(url: str) -> int:
     """Generation requests the simulated engine at `url` received (a re-sent request counts again)."""
     return int(httpx.get(url + "/sim/stats").json()["requests"])
+
+
+def engine_requests(endpoint, model: str = "tiny-a") -> float:
+    """Requests the engine itself finished, from vLLM's own Prometheus counter."""
+    info = endpoint.engine_info(model)
+    text = httpx.get(info["url"] + "/metrics", headers=engine_headers(info)).text
+    return sum(float(m) for m in re.findall(r'^vllm:request_success_total\{[^}]*model_name="%s"[^}]*\} (\S+)'
+                                            % re.escape(model), text, flags=re.M))

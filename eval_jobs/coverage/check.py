@@ -5,8 +5,9 @@
 
 For each config, a tiny data file in its dataset class's format (`data_files.py`) goes into a scratch data dir;
 then the same code an evaluation runs: AISBench's loader (`loads`), its retriever + prompt template + the chat
-model's request body (`renders`), and AISBench's real evaluator on two synthetic answers per dataset, the
-reference itself and a wrong one, through `scoring.judge_frame` + `summarize` (`scores`: every number comes out
+model's request body (`renders`; for PPL datasets, each option's prompt), and AISBench's real evaluator on two
+synthetic answers per dataset, the reference itself and a wrong one (for PPL datasets: the reference's label and
+another label), through `scoring.judge_frame` + `summarize` (`scores`: every number comes out
 and the per-sample verdicts reproduce the evaluator's own accuracy). A config with many dataset dicts (ceval's
 52 subjects, needlebench's thousands of lengths × depths) is checked on one dict per dataset class × evaluator:
 the others differ only in file names and parameters.
@@ -104,7 +105,7 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         data_dir = Path(tmp)
         write_data_files(dcfg, data_dir)
         build_cfg = {k: v for k, v in dcfg.items() if k not in ("n", "k")}
-        data_path = ds.expected_data_path(dcfg.get("path"), data_dir)
+        data_path = ds.expected_data_path(ds.data_file_of(dcfg), data_dir)
         try:
             built = ds.build_rows(build_cfg, data_dir, data_path, abbr)
         except ConfigError as exc:
@@ -130,7 +131,10 @@ def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
     """Score the reference answer (even rows) and a wrong one (odd rows) with the real evaluator."""
     from eval_jobs.scoring import judge_frame, summarize
 
-    responses = [_right_answer(ref) if i % 2 == 0 else WRONG_ANSWER for i, ref in enumerate(dataset.references)]
+    if dataset.ppl_labels is not None:  # a PPL answer is always one of the labels: the reference's, or another
+        responses = [_ppl_answer(dataset.ppl_labels, ref, right=i % 2 == 0) for i, ref in enumerate(dataset.references)]
+    else:
+        responses = [_right_answer(ref) if i % 2 == 0 else WRONG_ANSWER for i, ref in enumerate(dataset.references)]
     frame = pd.DataFrame({"model": "coverage", "dataset": dataset.name, "index": range(len(dataset)), "repeat": 0,
                           "status": "ok", "response": responses})
     summary = summarize(judge_frame(frame, {dataset.name: dataset}))
@@ -140,6 +144,12 @@ def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
     if summary.empty:
         return False, ["the evaluator returned no numbers"]
     return True, [f"{m}" for m in summary["metric"]]
+
+
+def _ppl_answer(labels: list[str], reference: Any, right: bool) -> str:
+    if right:
+        return str(reference)
+    return next((label for label in labels if label != str(reference)), WRONG_ANSWER)
 
 
 def _right_answer(reference: Any) -> str:

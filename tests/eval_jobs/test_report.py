@@ -126,8 +126,9 @@ def test_write_report_writes_every_file(tmp_path: Path, samples: pd.DataFrame, s
 
     back = pd.read_parquet(run.samples_parquet)
     assert list(back.columns) == list(samples.columns)
-    assert json.loads(back.loc[0, "prompt"]) == samples.loc[0, "prompt"]  # messages kept as JSON text
-    pdt.assert_frame_equal(back.drop(columns="prompt"), samples.drop(columns="prompt"))
+    for column in ("prompt", "parts"):  # messages, and a PPL question's options, kept as JSON text
+        assert json.loads(back.loc[0, column]) == samples.loc[0, column]
+    pdt.assert_frame_equal(back.drop(columns=["prompt", "parts"]), samples.drop(columns=["prompt", "parts"]))
 
     html = run.summary_html.read_text()
     assert html.count("data:image/png;base64,") == 2

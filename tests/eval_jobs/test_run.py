@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 import yaml
@@ -24,8 +22,7 @@ from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig, load_job_config
 from eval_jobs.run import exit_code, run_job
 from eval_jobs.store import RunDir, SampleStore
-from serve_apps.engine_process import engine_headers
-from shared import API_KEY
+from shared import API_KEY, engine_requests
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
 
@@ -35,14 +32,6 @@ def job(endpoint_url: str, data_dir: Path, output: Path, **eval_fields) -> JobCo
                   data_dir=str(data_dir), generation={"max_out_len": 8, "temperature": 0}, clients=2,
                   concurrency=2, timeout_s=60, output=str(output))
     return JobConfig(eval={**fields, **eval_fields})
-
-
-def engine_requests(endpoint, model: str = "tiny-a") -> float:
-    """Requests the engine itself finished, from vLLM's own Prometheus counter."""
-    info = endpoint.engine_info(model)
-    text = httpx.get(info["url"] + "/metrics", headers=engine_headers(info)).text
-    return sum(float(m) for m in re.findall(r'^vllm:request_success_total\{[^}]*model_name="%s"[^}]*\} (\S+)'
-                                            % re.escape(model), text, flags=re.M))
 
 
 def wait_engine_idle(endpoint, model: str = "tiny-a", quiet_s: float = 3.0) -> None:
