@@ -47,7 +47,7 @@ def build_requests(
     """Every sample of the run (`endpoints`: model → where its requests go), dataset rows in order, repeats of a
     row together. With `identities` (model → checkpoint identity) each request carries its fingerprint."""
     requests = []
-    defaults = aisbench_request_defaults()
+    defaults = aisbench_request_defaults(cfg.aisbench_model)
     for model, endpoint in endpoints.items():
         for ds in datasets:
             rows = range(min(len(ds), cfg.limit or len(ds)))
@@ -55,7 +55,7 @@ def build_requests(
                 row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
                 row = {"row": ds.rows[index] if index < len(ds.rows) else None, "reference": ds.references[index]}
                 for repeat in range(cfg.num_repeats or ds.n):
-                    body = {"model": model, "messages": ds.messages[index],
+                    body = {"model": model, **ds.request_input(index),
                             **cfg.generation.request_fields(repeat, row_limit, defaults)}
                     fp = sample_fingerprint(body, row, identities[model]) if identities is not None else None
                     requests.append(SampleRequest(key=SampleKey(model, ds.name, index, repeat),
@@ -153,7 +153,8 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
     cfg = job.eval
     check_installed(cfg.trackers)  # before anything starts
-    datasets = {ds.name: ds for name in cfg.datasets for ds in load_datasets(name, cfg.data_dir)}
+    datasets = {ds.name: ds for name in cfg.datasets
+                for ds in load_datasets(name, cfg.data_dir, cfg.aisbench_model)}
     run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)
     store = SampleStore(run_dir.samples_jsonl)
