@@ -46,8 +46,12 @@ class GenerationConfig(StrictModel):
         "TTFT stays exact, then chunks of this many, so every hop between engine and client carries a fraction of "
         "the messages. None: the engine's own setting (one token per chunk). Engines that don't know it ignore it.",
     )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the chat template (vLLM's `chat_template_kwargs`), e.g. "
+        "enable_thinking: false for Qwen3-style templates; {}: none sent. Chat model configs only.",
+    )
     extra_body: dict[str, Any] = Field(
-        default_factory=dict, description="More request fields, passed unchanged (e.g. chat_template_kwargs)."
+        default_factory=dict, description="More request fields, passed unchanged (e.g. repetition_penalty)."
     )
 
     def request_fields(self, repeat: int, row_max_out_len: int | None,
@@ -63,6 +67,8 @@ class GenerationConfig(StrictModel):
             fields["seed"] = self.seed + repeat
         if self.stream_interval is not None:
             fields["stream_interval"] = self.stream_interval
+        if self.chat_template_kwargs:
+            fields["chat_template_kwargs"] = dict(self.chat_template_kwargs)
         return {**fields, **self.extra_body}
 
 
