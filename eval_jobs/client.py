@@ -259,6 +259,7 @@ async def send_chat(
         finish_reason=stream.finish_reason,
         prompt_tokens=stream.prompt_tokens,
         completion_tokens=stream.completion_tokens,
+        reasoning_tokens=stream.reasoning_tokens,
         ttft_s=stream.ttft_s,
         latency_s=stream.latency_s,
         **common,

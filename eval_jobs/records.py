@@ -47,6 +47,10 @@ class SampleResult(BaseModel):
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = Field(
+        None, description="Of completion_tokens, those of the reasoning, as the engine counts them (vLLM with a "
+        "reasoning parser: usage.completion_tokens_details.reasoning_tokens); None when it does not say.",
+    )
     ttft_s: float | None = Field(None, description="Seconds from sending to the first content token.")
     latency_s: float | None = Field(None, description="Seconds from sending to the end of the response.")
     attempts: int = Field(1, description="HTTP attempts made, retries included.")

@@ -47,6 +47,7 @@ class Answer:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
     ttft_s: float | None = None
     latency_s: float | None = None
     events: int = 0  # data events that carried part of the answer
@@ -145,6 +146,11 @@ def consume(chunk: dict[str, Any], out: Answer, t0: float) -> None:
     if usage:
         out.prompt_tokens = _count_field(usage, "prompt_tokens", chunk)
         out.completion_tokens = _count_field(usage, "completion_tokens", chunk)
+        details = usage.get("completion_tokens_details")
+        if details is not None and not isinstance(details, dict):
+            raise malformed("usage.completion_tokens_details is not an object", chunk)
+        if details:
+            out.reasoning_tokens = _count_field(details, "reasoning_tokens", chunk)
         answered = True
     if answered:
         # Only answer data holds the silence bounds off: keep-alive comments and empty events do not.
