@@ -27,6 +27,7 @@ from cluster.errors import ConfigError, HostLostError, run_command
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
+from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import provenance
@@ -48,13 +49,15 @@ def build_requests(
     row together. With `identities` (model → checkpoint identity) each request carries its fingerprint."""
     requests = []
     defaults = aisbench_request_defaults(cfg.aisbench_model)
+    # AISBench sends each prompt num_return_sequences times (its model config's repeats), each dataset row n times.
+    model_repeats = load_model_config(cfg.aisbench_model).num_return_sequences or 1
     for model, endpoint in endpoints.items():
         for ds in datasets:
             rows = range(min(len(ds), cfg.limit or len(ds)))
             for index in rows:
                 row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
                 row = {"row": ds.rows[index] if index < len(ds.rows) else None, "reference": ds.references[index]}
-                for repeat in range(cfg.num_repeats or ds.n):
+                for repeat in range(cfg.num_repeats or ds.n * model_repeats):
                     body = {"model": model, **ds.request_input(index),
                             **cfg.generation.request_fields(repeat, row_limit, defaults)}
                     fp = sample_fingerprint(body, row, identities[model]) if identities is not None else None
