@@ -103,7 +103,7 @@ def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "model": model, "dataset": dataset,
             "requests": len(g), "failures": int((g["status"] != "ok").sum()),
-            "truncated_share": float((ok["finish_reason"] == "length").mean()) if len(ok) else math.nan,
+            "truncated_share": _share_cut_by_length(ok),
             "cut_in_reasoning": int(ok["cut_in_reasoning"].sum()) if "cut_in_reasoning" in ok else 0,
             "reasoning_tokens_p50": _q(_tokens(ok, "reasoning_tokens"), 0.5),
             "answer_tokens_p50": _q(_tokens(ok, "answer_tokens"), 0.5),
@@ -114,6 +114,13 @@ def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
             "wall_s": wall,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=GROUP + PERF_COLUMNS)
+
+
+def _share_cut_by_length(ok: pd.DataFrame) -> float:
+    """Share of answered samples the engine stopped at the length limit (OpenAI finish_reason "length")."""
+    if not len(ok) or "finish_reason" not in ok:
+        return math.nan
+    return float((ok["finish_reason"] == "length").fillna(False).mean())
 
 
 def _tokens(ok: pd.DataFrame, column: str) -> pd.Series:
