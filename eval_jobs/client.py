@@ -1,4 +1,4 @@
-"""The transport: one streamed chat completion per sample, with bounds on silence, and retries.
+"""The transport: one streamed chat completion (or completion) per sample, with bounds on silence, and retries.
 
     async with Transports(concurrency=32) as transports:
         result = await send_chat(transports, request, bounds=Bounds(idle_s=300, first_token_s=1800),
@@ -10,8 +10,9 @@ A request goes where its `endpoint` says: an `http://` URL (any OpenAI-compatibl
 data plane of jobs that evaluate this cluster's checkpoints: Ray routes each call to a replica on any host, and no
 process is shared by all replicas (the HTTP endpoint funnels every request through one proxy and one ingress, and
 its loopback address exists only on the head). Both carry the engine's own bytes, so the stream is read the same
-way. Responses are streamed (SSE) so time to first token can be measured; reasoning content is kept apart from
-the answer, as vLLM sends it (`delta.reasoning_content`, or `delta.reasoning` in newer versions).
+way. A body with `messages` goes to /v1/chat/completions, one with `prompt` (AISBench's completions model configs)
+to /v1/completions, on either transport. Responses are streamed (SSE) so time to first token can be measured;
+reasoning content is kept apart from the answer, as vLLM sends it (`delta.reasoning_content`, or `delta.reasoning` in newer versions).
 
 Timeouts bound silence, not length (as the OpenAI and httpx clients read a timeout): an attempt ends when no
 first answer data came within `first_token_s` of sending (a request queued behind a full batch, a long prefill),
@@ -48,6 +49,7 @@ from eval_jobs.sse import (
 
 SERVE_SCHEME = "serve:"
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
 # Longest single backoff sleep, whatever the attempt number or the server's Retry-After says.
 MAX_BACKOFF_S = 60.0
 # Connecting is bounded on its own: a refused or unroutable address should be retried soon, not after the
@@ -88,12 +90,18 @@ def make_client(concurrency: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
 
 
-def chat_url(endpoint: str) -> str:
-    """`{endpoint}/v1/chat/completions`, also accepting an endpoint given with its `/v1` suffix."""
+def api_path(body: dict[str, Any]) -> str:
+    """The route a body goes to: a `prompt` (AISBench's completions model configs, vllm_api_general) to
+    /v1/completions, `messages` to /v1/chat/completions."""
+    return COMPLETIONS_PATH if "prompt" in body and "messages" not in body else CHAT_PATH
+
+
+def chat_url(endpoint: str, path: str = CHAT_PATH) -> str:
+    """`{endpoint}{path}` (default /v1/chat/completions), also accepting an endpoint given with its `/v1` suffix."""
     base = endpoint.rstrip("/")
     if base.endswith("/v1"):
         base = base[: -len("/v1")]
-    return f"{base}{CHAT_PATH}"
+    return f"{base}{path}"
 
 
 @dataclass
@@ -122,8 +130,8 @@ class Transports:
 
     @contextlib.asynccontextmanager
     async def post(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[Reply]:
-        """POST a chat body to `endpoint`; the reply is open inside the block, closed after it. Only connecting has
-        a timeout here: how long the answer may stay silent is `send_chat`'s to bound, the same on every transport."""
+        """POST a chat or completions body to `endpoint` (its route by `api_path`); the reply is open inside the
+        block, closed after it. Only connecting has a timeout here: how long the answer may stay silent is `send_chat`'s to bound, the same on every transport."""
         if endpoint.startswith(SERVE_SCHEME):
             async with self._post_serve(endpoint.removeprefix(SERVE_SCHEME), body) as reply:
                 yield reply
@@ -131,7 +139,7 @@ class Transports:
         headers = {"Accept": "text/event-stream"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        url = chat_url(endpoint)
+        url = chat_url(endpoint, api_path(body))
         # No read timeout: httpx's applies per read, so it can neither tell a steady stream from a stuck one
         # before the first token, nor name which bound ended an attempt.
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
@@ -175,7 +183,7 @@ class Transports:
 
     @contextlib.asynccontextmanager
     async def _post_serve(self, app_name: str, body: dict[str, Any]) -> AsyncIterator[Reply]:
-        stream = self._handle(app_name).forward.remote("POST", CHAT_PATH, json.dumps(body).encode())
+        stream = self._handle(app_name).forward.remote("POST", api_path(body), json.dumps(body).encode())
         try:
             head = await anext(stream)
         except Exception as exc:
@@ -215,7 +223,8 @@ async def send_chat(
     max_retries: int,
     backoff_s: float,
 ) -> SampleResult:
-    """Send one sample as a streamed chat completion; return its record, ok or failed (never raise for it).
+    """Send one sample as a streamed chat completion (a completion when its body has a `prompt`); return its
+    record, ok or failed (never raise for it).
 
     Retried (up to `max_retries` times after the first attempt, exponential backoff with jitter): connection
     and read errors, 429, 5xx (a killed Serve replica answers 500), a replica that died under a handle call,
@@ -255,7 +264,7 @@ async def send_chat(
         index=key.index,
         repeat=key.repeat,
         endpoint=request.endpoint,
-        prompt=request.body.get("messages", []),
+        prompt=_sent_input(request.body),
         attempts=attempts,
         started_at=started_at,
         finished_at=time.time(),
@@ -271,6 +280,7 @@ async def send_chat(
         finish_reason=stream.finish_reason,
         prompt_tokens=stream.prompt_tokens,
         completion_tokens=stream.completion_tokens,
+        reasoning_tokens=stream.reasoning_tokens,
         ttft_s=stream.ttft_s,
         latency_s=stream.latency_s,
         **common,
@@ -280,12 +290,17 @@ async def send_chat(
 def failed_result(request: SampleRequest, error: str, attempts: int = 1) -> SampleResult:
     """A failed record for `request` built from what is known before any answer (the client's last guard)."""
     key = request.key
-    messages = request.body.get("messages")
     now = time.time()
     return SampleResult(model=key.model, dataset=key.dataset, index=key.index, repeat=key.repeat, status="failed",
                         error=error[:MAX_ERROR_CHARS], endpoint=request.endpoint,
-                        prompt=messages if isinstance(messages, list) else [], attempts=attempts, started_at=now,
+                        prompt=_sent_input(request.body), attempts=attempts, started_at=now,
                         finished_at=now, fingerprint=request.fingerprint)
+
+
+def _sent_input(body: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """What the request asked: its chat messages, or its completions prompt."""
+    value = body.get("messages", body.get("prompt"))
+    return value if isinstance(value, (list, str)) else []
 
 
 async def _bounded(transports: Transports, endpoint: str, body: dict[str, Any], bounds: Bounds) -> Answer:

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from cluster.configfile import StrictModel, load_config
 from cluster.secrets import check_secret_file, key_from_file_or_env
+from eval_jobs.model_config import DEFAULT_MODEL_CONFIG, resolve_model_config
 from serve_apps.config import ServeConfig
 
 
@@ -26,14 +27,17 @@ DEFAULT_MAX_OUT_LEN = 512  # AISBench's vllm_api_general_chat, should its config
 
 
 class GenerationConfig(StrictModel):
-    """Sampling parameters sent with every request. What is left unset is AISBench's: the `vllm_api_general_chat`
-    model config's `max_out_len` (512) and `generation_kwargs` (temperature 0.01, ignore_eos false), as `ais_bench`
-    sends them, so scores compare 1:1 (a request without a temperature would get the model's own default)."""
+    """Sampling parameters sent with every request. What is left unset is AISBench's: the run's model config
+    (`eval.model_config`, default `vllm_api_general_chat`: `max_out_len` 512, `generation_kwargs` temperature 0.01,
+    ignore_eos false), as `ais_bench` sends them, so scores compare 1:1 (a request without a temperature would get
+    the model's own default)."""
 
     max_out_len: int | None = Field(
-        None, ge=1, description="max_tokens per answer (a dataset's per-row limit wins); None: AISBench's (512).",
+        None, ge=1, description="max_tokens per answer (a dataset's per-row limit wins); None: the model config's "
+        "max_out_len (512 in AISBench's vllm_api configs).",
     )
-    temperature: float | None = Field(None, ge=0, description="None: AISBench's (0.01); 0 is greedy.")
+    temperature: float | None = Field(None, ge=0, description="None: the model config's (0.01 in AISBench's vllm_api "
+                                       "configs); 0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None)
     seed: int | None = Field(None, description="Base sampling seed; repeat r of a sample uses seed + r.")
@@ -42,8 +46,12 @@ class GenerationConfig(StrictModel):
         "TTFT stays exact, then chunks of this many, so every hop between engine and client carries a fraction of "
         "the messages. None: the engine's own setting (one token per chunk). Engines that don't know it ignore it.",
     )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the chat template (vLLM's `chat_template_kwargs`), e.g. "
+        "enable_thinking: false for Qwen3-style templates; {}: none sent. Chat model configs only.",
+    )
     extra_body: dict[str, Any] = Field(
-        default_factory=dict, description="More request fields, passed unchanged (e.g. chat_template_kwargs)."
+        default_factory=dict, description="More request fields, passed unchanged (e.g. repetition_penalty)."
     )
 
     def request_fields(self, repeat: int, row_max_out_len: int | None,
@@ -59,6 +67,8 @@ class GenerationConfig(StrictModel):
             fields["seed"] = self.seed + repeat
         if self.stream_interval is not None:
             fields["stream_interval"] = self.stream_interval
+        if self.chat_template_kwargs:
+            fields["chat_template_kwargs"] = dict(self.chat_template_kwargs)
         return {**fields, **self.extra_body}
 
 
@@ -86,6 +96,20 @@ class EvalConfig(StrictModel):
         default_factory=list, description="Served model names to evaluate; empty: every model the endpoint lists."
     )
     datasets: list[str] = Field(min_length=1, description="AISBench dataset config names or config file paths.")
+    # `model_config` is pydantic's own attribute on every model: the field is `aisbench_model`, written
+    # `model_config` in YAML, overrides and dumps (its alias), as `ais_bench --models` calls it a model config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+    aisbench_model: str = Field(
+        DEFAULT_MODEL_CONFIG, alias="model_config",
+        description="AISBench model config, by name as `ais_bench --models` takes it "
+        "(vllm_api_general_chat, vllm_api_stream_chat: the chat API; vllm_api_general, vllm_api_general_stream: "
+        "the completions API, /v1/completions, for base checkpoints without a chat template) or by path to your "
+        "own copy. Its meta_template and class render the requests, its max_out_len and generation_kwargs are "
+        "their defaults (`generation` fields win), its pred_postprocessor runs before scoring. Its host, port, "
+        "url, api_key and batch_size are not used: eval.endpoint, api_key and concurrency say those.",
+    )
     data_dir: str | None = Field(
         None, description="Where dataset files live (AISBench's AIS_BENCH_DATASETS_CACHE); default "
         "$AIS_BENCH_DATASETS_CACHE, else <evalcluster home>/datasets.",
@@ -125,6 +149,12 @@ class EvalConfig(StrictModel):
         None, description="Where the trackers write, e.g. the training run's own TensorBoard directory so eval "
         "curves sit beside its loss; default <output>/tensorboard.",
     )
+
+    @field_validator("aisbench_model")
+    @classmethod
+    def _model_config_exists(cls, value: str) -> str:
+        """A path is made absolute (the job may run elsewhere, e.g. under `ray job submit`); a name must exist."""
+        return str(resolve_model_config(value)) if value.endswith(".py") or "/" in value else value
 
     _key_file_ok = field_validator("api_key_file")(check_secret_file)
     _key_resolved = field_validator("api_key")(key_from_file_or_env)

@@ -5,8 +5,10 @@
     ds.references[0]  # "70"
 
 Rendering goes through AISBench's own code: its dataset class (`build_dataset_from_cfg`), its retriever and
-prompt template, the `APITemplateParser` of the `vllm_api_general_chat` model and that model's
-`get_request_body`, so the messages are the ones `ais_bench --models vllm_api_general_chat` would post.
+prompt template, the template parser of the run's model config (`eval.model_config`, default
+`vllm_api_general_chat`; `eval_jobs/model_config.py`) and that model's `get_request_body`, so each row is what
+`ais_bench --models MODEL_CONFIG` would post: chat messages, or with a completions config (`vllm_api_general`)
+the prompt string its `meta_template` makes.
 AISBench is imported lazily (it costs ~7-12 s), and `EvalDataset` holds plain data only (it is pickled to
 Ray actors): class and function references in configs become dotted-path strings, which AISBench's
 registries resolve again when scoring (the same form `ais_bench` itself dumps its task configs in).
@@ -26,19 +28,16 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError
 from cluster.paths import REPO_ROOT, evalcluster_home
+from eval_jobs.model_config import DEFAULT_MODEL_CONFIG, ModelConfig, load_model_config
 
 CACHE_ENV = "AIS_BENCH_DATASETS_CACHE"
 REPO_DATASET_CONFIGS = REPO_ROOT / "configs" / "datasets"
 GENERAL_CHAT_MODEL = "models/vllm_api/vllm_api_general_chat.py"
-# The `model` sent in the request body; a non-empty value also stops VLLMCustomAPIChat's constructor from
-# asking a server's /v1/models for one (it does that when `model` is empty).
-_RENDER_MODEL_NAME = "evalcluster-render"
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,10 @@ class DatasetConfigInfo:
 class EvalDataset:
     """One dataset, rendered: row i is sent as `messages[i]` and scored against `references[i]`.
 
+    `messages[i]` is what the model config's `get_request_body` puts in the request: the chat messages for a chat
+    config (`api` "chat", sent to /v1/chat/completions), the prompt string for a completions config (`api`
+    "completions", /v1/completions).
+
     `eval_cfg` and `model_pred_postprocessor` are AISBench config dicts with dotted-path `type` strings;
     `n`/`k` are the dataset-level repeat settings (AISBench defaults 1/[1]); `max_out_lens` holds per-row
     output limits when the dataset has a `max_out_len` input column (they take priority in AISBench).
@@ -66,7 +69,7 @@ class EvalDataset:
     config_name: str
     config_path: str
     data_path: str | None
-    messages: list[list[dict[str, Any]]]
+    messages: list[list[dict[str, Any]] | str]
     references: list[Any]
     rows: list[dict[str, Any]]
     output_column: str | None
@@ -75,6 +78,7 @@ class EvalDataset:
     n: int = 1
     k: tuple[int, ...] = (1,)
     max_out_lens: list[int | None] | None = None
+    api: str = "chat"
     # PPL datasets (eval_jobs/ppl.py): the option labels, and per row each option's messages (`messages[i]` is then
     # the first option's, for anything that shows one prompt per row).
     ppl_labels: list[str] | None = None
@@ -83,6 +87,10 @@ class EvalDataset:
     @property
     def is_ppl(self) -> bool:
         return self.ppl_options is not None
+
+    def request_input(self, index: int) -> dict[str, Any]:
+        """The request body's input field for row `index`: `messages` (chat) or `prompt` (completions)."""
+        return {"prompt" if self.api == "completions" else "messages": self.messages[index]}
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -199,9 +207,10 @@ def find_dataset_configs(pattern: str, data_dir: str | Path | None = None) -> li
     return infos
 
 
-def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -> EvalDataset:
+def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None,
+                 model_config: str = DEFAULT_MODEL_CONFIG) -> EvalDataset:
     """Load and render the one dataset a config defines (see `load_datasets` for configs with several)."""
-    datasets = load_datasets(name_or_path, data_dir)
+    datasets = load_datasets(name_or_path, data_dir, model_config)
     if len(datasets) != 1:
         abbrs = ", ".join(d.name for d in datasets)
         raise ConfigError(
@@ -211,18 +220,21 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -
     return datasets[0]
 
 
-def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None) -> list[EvalDataset]:
-    """Load every dataset dict of a config (name or path) and render its rows into chat messages.
+def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None,
+                  model_config: str = DEFAULT_MODEL_CONFIG) -> list[EvalDataset]:
+    """Load every dataset dict of a config (name or path) and render its rows as `model_config` (an AISBench
+    model config name or path) would send them.
 
     Relative data paths resolve against `data_dir` (default: `default_data_dir()`), as AISBench does with
     `$AIS_BENCH_DATASETS_CACHE`.
     """
     config_path = resolve_config(name_or_path)
     root = Path(data_dir).resolve() if data_dir is not None else default_data_dir()
-    return [_build(dcfg, config_path, root) for dcfg in _dataset_dicts(config_path)]
+    model = load_model_config(model_config)
+    return [_build(dcfg, config_path, root, model) for dcfg in _dataset_dicts(config_path)]
 
 
-def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
+def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None) -> EvalDataset:
     from eval_jobs import ppl  # imports us
     from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
@@ -253,12 +265,13 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
     dataset = build_rows(build_cfg, data_dir, data_path, where)
     reader = dataset.reader
     test = dataset.test
+    model = model or load_model_config()
     labels, options = None, None
     if ppl.is_ppl(infer_cfg):
         labels, options = ppl.render_options(dataset, infer_cfg)
         messages = [row[0] for row in options]
     else:
-        messages = render(dataset, infer_cfg)
+        messages = render(dataset, infer_cfg, model)
     rows = [dict(row) for row in test]
     output_column = reader.output_column
     max_out_lens = reader.get_max_out_len()
@@ -272,12 +285,13 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path) -> EvalDataset:
         rows=rows,
         output_column=output_column,
         eval_cfg=_plain(dcfg.get("eval_cfg") or {}),
-        model_pred_postprocessor=_general_chat_model_cfg().get("pred_postprocessor"),
+        model_pred_postprocessor=model.pred_postprocessor,
         n=n,
         k=k,
         max_out_lens=list(max_out_lens) if max_out_lens is not None else None,
         ppl_labels=labels,
         ppl_options=options,
+        api=model.api,
     )
 
 
@@ -369,9 +383,10 @@ def retriever_for(dataset: Any, infer_cfg: Any) -> Any:
     return ICL_RETRIEVERS.build(retriever_cfg)
 
 
-def render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
-    """The messages per test row, built the way GenInferencer.get_data_list + VLLMCustomAPIChat do (for a PPL
-    dataset: each row's first option; `ppl.render_options` gives them all)."""
+def render(dataset: Any, infer_cfg: Any, model_config: ModelConfig | None = None) -> list[list[dict[str, Any]] | str]:
+    """What each test row sends, built the way GenInferencer.get_data_list and the model config's class do: chat
+    messages (VLLMCustomAPIChat), or the prompt string its meta_template makes (VLLMCustomAPI). For a PPL dataset:
+    each row's first option (`ppl.render_options` gives them all)."""
     from ais_bench.benchmark.models.output import RequestOutput
 
     from eval_jobs import ppl
@@ -380,7 +395,9 @@ def render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
         return [row[0] for row in ppl.render_options(dataset, infer_cfg)[1]]
     retriever = retriever_for(dataset, infer_cfg)
     replace_token = infer_cfg["inferencer"].get("gen_field_replace_token", "") or ""
-    model = _render_model()
+    model_config = model_config or load_model_config()
+    model = model_config.build()
+    field = "prompt" if model_config.api == "completions" else "messages"
     prompts = []
     for idx, ice_idx in enumerate(retriever.retrieve()):
         ice = retriever.generate_ice(ice_idx)
@@ -392,33 +409,13 @@ def render(dataset: Any, infer_cfg: Any) -> list[list[dict[str, Any]]]:
         # It is async but never awaits I/O; max_out_len only has to be > 0 (it returns "" otherwise).
         return [await model.get_request_body(p, 1, RequestOutput(False)) for p in prompts]
 
-    return [body["messages"] for body in _run_sync(bodies())]
+    return [body[field] for body in _run_sync(bodies())]
 
 
-@lru_cache(maxsize=1)
-def _general_chat_model_cfg() -> dict[str, Any]:
-    """AISBench's shipped `vllm_api_general_chat` model config (plain), which evalcluster stands in for."""
-    from mmengine.config import Config
-
-    cfg = Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))
-    return _plain(cfg["models"][0])
-
-
-@lru_cache(maxsize=1)
-def aisbench_request_defaults() -> dict[str, Any]:
-    """What `ais_bench --models vllm_api_general_chat` puts in every request besides the messages: max_tokens (its
+def aisbench_request_defaults(model_config: str = DEFAULT_MODEL_CONFIG) -> dict[str, Any]:
+    """What `ais_bench --models MODEL_CONFIG` puts in every request besides the input: max_tokens (its
     max_out_len) and its generation_kwargs."""
-    cfg = _general_chat_model_cfg()
-    return {"max_tokens": cfg.get("max_out_len"), **(cfg.get("generation_kwargs") or {})}
-
-
-@lru_cache(maxsize=1)
-def _render_model() -> Any:
-    from ais_bench.benchmark.utils.config import build_model_from_cfg
-
-    cfg = copy.deepcopy(_general_chat_model_cfg())
-    cfg["model"] = _RENDER_MODEL_NAME
-    return build_model_from_cfg(cfg)
+    return load_model_config(model_config).request_defaults()
 
 
 def _run_sync(coro: Any) -> Any:

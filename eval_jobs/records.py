@@ -21,7 +21,8 @@ class SampleRequest(BaseModel):
 
     key: SampleKey
     endpoint: str = Field(description="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000")
-    body: dict[str, Any] = Field(description="The /v1/chat/completions body (messages, model, sampling params).")
+    body: dict[str, Any] = Field(description="The /v1/chat/completions body (messages, model, sampling params), or "
+                                 "the /v1/completions one (prompt instead of messages).")
     fingerprint: str | None = Field(
         None, description="What produces this sample's answer (request body, dataset row, checkpoint identity), "
         "hashed: a stored record counts for a rerun only if its fingerprint is the same (eval_jobs/fingerprint.py).",
@@ -42,12 +43,18 @@ class SampleResult(BaseModel):
     status: Literal["ok", "failed"]
     error: str | None = None
     endpoint: str
-    prompt: list[dict[str, Any]] = Field(description="The chat messages sent.")
+    prompt: list[dict[str, Any]] | str = Field(
+        description="The chat messages sent, or the prompt string of a completions request."
+    )
     response: str = ""
     reasoning_content: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = Field(
+        None, description="Of completion_tokens, those of the reasoning, as the engine counts them (vLLM with a "
+        "reasoning parser: usage.completion_tokens_details.reasoning_tokens); None when it does not say.",
+    )
     ttft_s: float | None = Field(None, description="Seconds from sending to the first content token.")
     latency_s: float | None = Field(None, description="Seconds from sending to the end of the response.")
     attempts: int = Field(1, description="HTTP attempts made, retries included.")

@@ -36,6 +36,7 @@ from rich.table import Table
 
 from cluster.secrets import redact
 from eval_jobs.provenance import provenance_html, provenance_md
+from eval_jobs.reasoning import mark_reasoning
 from eval_jobs.records import SampleResult
 from eval_jobs.store import RunDir
 
@@ -43,8 +44,8 @@ GROUP = ["model", "dataset"]
 # Per-sample columns scoring adds; dropped from a simulated run's samples.parquet.
 SAMPLE_SCORE_COLUMNS = ["correct", "score", "extracted"]
 PERF_COLUMNS = [
-    "requests", "failures", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s",
-    "output_tok_per_s", "req_per_s", "wall_s",
+    "requests", "failures", "truncated_share", "cut_in_reasoning", "reasoning_tokens_p50", "answer_tokens_p50",
+    "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s", "output_tok_per_s", "req_per_s", "wall_s",
 ]  # fmt: skip
 # What print_summary shows, under which short header, when present (the files carry every column).
 PRINTED_SCORES = {
@@ -52,10 +53,13 @@ PRINTED_SCORES = {
     "n_questions": "n", "n_repeats": "rep", "failures": "fail", "error": "not scored because",
 }  # fmt: skip
 PRINTED_PERF = {
-    "model": "model", "dataset": "dataset", "requests": "requests", "failures": "fail", "ttft_p50_s": "TTFT",
+    "model": "model", "dataset": "dataset", "requests": "requests", "failures": "fail", "truncated_share": "cut",
+    "reasoning_tokens_p50": "think tok", "answer_tokens_p50": "answer tok", "ttft_p50_s": "TTFT",
     "tpot_p50_s": "TPOT", "output_tok_per_s": "tok/s", "req_per_s": "req/s",
 }  # fmt: skip
-PERF_CAPTION = "TTFT, TPOT: medians in seconds; tok/s: output tokens/s; req/s: answered requests/s."
+PERF_CAPTION = ("cut: share of answers cut by the length limit (finish_reason length); think tok, answer tok: median "
+                "reasoning and answer tokens; TTFT, TPOT: medians in seconds; tok/s: output tokens/s; req/s: "
+                "answered requests/s.")
 SIMULATED_BANNER = (
     "SIMULATED ENGINE: this run was answered by the simulated-latency engine (an orchestration benchmark). "
     "Its outputs are not model outputs, so no scores are reported; only the performance columns are real."
@@ -75,11 +79,11 @@ def samples_frame(results: Iterable[SampleResult]) -> pd.DataFrame:
     # Text columns keep the installed pandas' default string dtype.
     for col in ("index", "repeat", "attempts"):
         df[col] = df[col].astype("int64")
-    for col in ("prompt_tokens", "completion_tokens"):
+    for col in ("prompt_tokens", "completion_tokens", "reasoning_tokens"):
         df[col] = df[col].astype("Int64")
     for col in ("ttft_s", "latency_s", "tpot_s", "started_at", "finished_at"):
         df[col] = df[col].astype("float64")
-    return df
+    return mark_reasoning(df)
 
 
 def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +103,10 @@ def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "model": model, "dataset": dataset,
             "requests": len(g), "failures": int((g["status"] != "ok").sum()),
+            "truncated_share": _share_cut_by_length(ok),
+            "cut_in_reasoning": int(ok["cut_in_reasoning"].sum()) if "cut_in_reasoning" in ok else 0,
+            "reasoning_tokens_p50": _q(_tokens(ok, "reasoning_tokens"), 0.5),
+            "answer_tokens_p50": _q(_tokens(ok, "answer_tokens"), 0.5),
             "ttft_p50_s": _q(ttft, 0.5), "ttft_p90_s": _q(ttft, 0.9), "ttft_p99_s": _q(ttft, 0.99),
             "tpot_p50_s": _q(tpot, 0.5), "tpot_p90_s": _q(tpot, 0.9),
             "output_tok_per_s": tokens / wall if wall > 0 else math.nan,
@@ -106,6 +114,17 @@ def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
             "wall_s": wall,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=GROUP + PERF_COLUMNS)
+
+
+def _share_cut_by_length(ok: pd.DataFrame) -> float:
+    """Share of answered samples the engine stopped at the length limit (OpenAI finish_reason "length")."""
+    if not len(ok) or "finish_reason" not in ok:
+        return math.nan
+    return float((ok["finish_reason"] == "length").fillna(False).mean())
+
+
+def _tokens(ok: pd.DataFrame, column: str) -> pd.Series:
+    return ok[column].astype("float64").dropna() if column in ok else pd.Series(dtype="float64")
 
 
 def summary_table(summary: pd.DataFrame | None, perf: pd.DataFrame, simulated: bool = False) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from cluster.errors import ConfigError, HostLostError, run_command
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig, load_job_config
 from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
+from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
@@ -48,21 +49,22 @@ def build_requests(
     """Every sample of the run (`endpoints`: model → where its requests go), dataset rows in order, repeats of a
     row together. With `identities` (model → checkpoint identity) each request carries its fingerprint."""
     requests = []
-    defaults = aisbench_request_defaults()
+    defaults = aisbench_request_defaults(cfg.aisbench_model)
+    # AISBench sends each prompt num_return_sequences times (its model config's repeats), each dataset row n times.
+    model_repeats = load_model_config(cfg.aisbench_model).num_return_sequences or 1
     for model, endpoint in endpoints.items():
         for ds in datasets:
             rows = range(min(len(ds), cfg.limit or len(ds)))
             for index in rows:
                 row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
                 row = {"row": ds.rows[index] if index < len(ds.rows) else None, "reference": ds.references[index]}
-                for repeat in range(cfg.num_repeats or ds.n):
+                for repeat in range(cfg.num_repeats or ds.n * model_repeats):
                     key = SampleKey(model, ds.name, index, repeat)
                     fields = {"model": model, **cfg.generation.request_fields(repeat, row_limit, defaults)}
                     if ds.ppl_options is not None:  # a question of a PPL dataset: one request per option
                         request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
                     else:
-                        request = SampleRequest(key=key, endpoint=endpoint,
-                                                body={"messages": ds.messages[index], **fields})
+                        request = SampleRequest(key=key, endpoint=endpoint, body={**ds.request_input(index), **fields})
                     if identities is not None:
                         request.fingerprint = sample_fingerprint(request.body, row, identities[model])
                     requests.append(request)
@@ -159,7 +161,8 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
     cfg = job.eval
     check_installed(cfg.trackers)  # before anything starts
-    datasets = {ds.name: ds for name in cfg.datasets for ds in load_datasets(name, cfg.data_dir)}
+    datasets = {ds.name: ds for name in cfg.datasets
+                for ds in load_datasets(name, cfg.data_dir, cfg.aisbench_model)}
     run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)
     store = SampleStore(run_dir.samples_jsonl)

@@ -28,6 +28,7 @@ from scipy import stats
 from cluster.errors import ConfigError
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.judge import ScoringError, judge
+from eval_jobs.reasoning import scored_text
 
 log = logging.getLogger("evalcluster.scoring")
 SUMMARY_COLUMNS = [
@@ -48,8 +49,9 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
 
     Every repeat is one evaluator call over its rows in order (as BaseEvaluator.evaluate scores replicas); a
     failed sample is scored as an empty answer, as AISBench does with requests that failed, and counts as
-    incorrect. The evaluator's own dataset-level numbers go to `frame.attrs[EVALUATOR_METRICS]`; a dataset
-    its evaluator cannot score gets its reason in `frame.attrs[SCORING_ERRORS]` and no verdicts, and the
+    incorrect, and so is an answer cut inside its reasoning (`cut_in_reasoning`, see eval_jobs/reasoning.py:
+    scored as empty, never on its reasoning text). The evaluator's own dataset-level numbers go to
+    `frame.attrs[EVALUATOR_METRICS]`; a dataset its evaluator cannot score gets its reason in `frame.attrs[SCORING_ERRORS]` and no verdicts, and the
     others are scored all the same. `summarize` reads both.
     """
     frame = frame.copy()
@@ -68,7 +70,10 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
             per_repeat = []
             for _, rep in group.sort_values("index", kind="stable").groupby("repeat", sort=True):
                 ok = (rep["status"] == "ok").to_numpy()
-                answers = [text if good else "" for text, good in zip(rep["response"].fillna(""), ok)]
+                # An answer cut inside its reasoning is never scored on that reasoning (eval_jobs/reasoning.py).
+                cut = rep["cut_in_reasoning"] if "cut_in_reasoning" in rep else pd.Series(False, index=rep.index)
+                answers = [scored_text(text, bool(c)) if good else ""
+                           for text, good, c in zip(rep["response"].fillna(""), ok, cut)]
                 judgement = judge(datasets[name], answers, rep["index"].tolist())
                 frame.loc[rep.index, "correct"] = [v.correct for v in judgement.verdicts]
                 frame.loc[rep.index, "score"] = [v.score for v in judgement.verdicts]

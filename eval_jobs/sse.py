@@ -1,4 +1,4 @@
-"""Reading an answer: the server-sent-event stream of a chat completion, parsed defensively.
+"""Reading an answer: the server-sent-event stream of a chat completion (or a completion), parsed defensively.
 
 Whatever a server sends — wrong shapes or types, invalid or truncated UTF-8, a line of megabytes, an error body of
 any size — ends as an `AttemptError` that names it, never as another exception: a malformed answer is a failed
@@ -50,6 +50,7 @@ class Answer:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
     ttft_s: float | None = None
     latency_s: float | None = None
     events: int = 0  # data events that carried part of the answer
@@ -109,7 +110,8 @@ def _count_field(usage: dict[str, Any], name: str, chunk: dict[str, Any]) -> int
 
 
 def consume(chunk: dict[str, Any], out: Answer, t0: float) -> None:
-    """Fold one chat.completion.chunk into `out`; an event of the wrong shape raises AttemptError naming it."""
+    """Fold one chat.completion.chunk (or text_completion chunk) into `out`; an event of the wrong shape raises
+    AttemptError naming it."""
     if "error" in chunk:
         # vLLM reports errors that happen after the 200 header as an error event inside the stream.
         raise AttemptError(f"error in stream: {_event_error(chunk)}", retryable=True)
@@ -127,7 +129,8 @@ def consume(chunk: dict[str, Any], out: Answer, t0: float) -> None:
             delta = {}
         if not isinstance(delta, dict):
             raise malformed("delta is not an object", chunk)
-        text = _text_field(delta, "content", chunk)
+        # A completions stream (AISBench's vllm_api_general) carries its text in the choice itself.
+        text = _text_field(delta, "content", chunk) or _text_field(choice, "text", chunk)
         # vLLM < 0.11 names it reasoning_content; newer versions (and the OpenAI spec draft) use reasoning.
         reasoning = _text_field(delta, "reasoning_content", chunk) or _text_field(delta, "reasoning", chunk)
         finish = _text_field(choice, "finish_reason", chunk)
@@ -146,6 +149,11 @@ def consume(chunk: dict[str, Any], out: Answer, t0: float) -> None:
     if usage:
         out.prompt_tokens = _count_field(usage, "prompt_tokens", chunk)
         out.completion_tokens = _count_field(usage, "completion_tokens", chunk)
+        details = usage.get("completion_tokens_details")
+        if details is not None and not isinstance(details, dict):
+            raise malformed("usage.completion_tokens_details is not an object", chunk)
+        if details:
+            out.reasoning_tokens = _count_field(details, "reasoning_tokens", chunk)
         answered = True
     if answered:
         # Only answer data holds the silence bounds off: keep-alive comments and empty events do not.

@@ -59,6 +59,7 @@ def viewer_rows(samples: pd.DataFrame) -> list[dict[str, Any]]:
             "t": _text(row.get("reasoning_content")), "x": _text(row.get("extracted")),
             "ref": _text(row.get("reference")), "v": verdict(row), "e": _text(row.get("error")),
             "f": _text(row.get("finish_reason")), "n": _int(row.get("completion_tokens")),
+            "c": bool(row.get("cut_in_reasoning") is True or row.get("cut_in_reasoning") == 1),
         })  # fmt: skip
     return rows
 

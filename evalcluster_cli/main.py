@@ -17,6 +17,8 @@ from typing import Any
 from cluster.config import ClusterConfig
 from cluster.configfile import load_section, load_yaml, merge, validate
 from cluster.errors import ConfigError, run_command
+from eval_jobs.config import EvalConfig
+from evalcluster_cli.config_flags import add_config_flags, config_overrides
 
 SEED_EXAMPLE = "evalcluster serve --model DIR --tensor-parallel-size 8 --platform ascend"
 
@@ -36,7 +38,7 @@ def _api_key_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _warn_key_in_argv(args: argparse.Namespace) -> None:
-    if getattr(args, "api_key", None):
+    if getattr(args, "api_key", None) or vars(args).get("eval.api_key"):
         print("warning: --api-key is visible to every user of this machine in `ps`; use --api-key-file or "
               "$EVALCLUSTER_API_KEY", file=sys.stderr)
 
@@ -133,22 +135,16 @@ def _cluster_section(config: str | None) -> ClusterConfig:
 # -- eval -------------------------------------------------------------------------------------------------------
 
 
+# Flag names kept from before the flags were generated from EvalConfig (each also has its field's own name).
+EVAL_FLAG_ALIASES = {"timeout_s": ["--timeout"], "first_token_timeout_s": ["--first-token-timeout"],
+                     "max_request_s": ["--max-request-time"]}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from eval_jobs.config import load_job_config
     from eval_jobs.run import exit_code, run_job
 
-    generation = _drop_none({"max_out_len": args.max_out_len, "temperature": args.temperature,
-                             "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed})
-    eval_fields = _drop_none({
-        "endpoint": args.endpoint, "api_key": args.api_key, "api_key_file": args.api_key_file,
-        "models": args.models, "datasets": args.datasets,
-        "data_dir": args.data_dir, "num_repeats": args.num_repeats, "k": args.k, "limit": args.limit,
-        "concurrency": args.concurrency, "clients": args.clients, "timeout_s": args.timeout,
-        "first_token_timeout_s": args.first_token_timeout, "max_request_s": args.max_request_time,
-        "max_retries": args.max_retries, "output": args.output,
-    })  # fmt: skip
-    if generation:
-        eval_fields["generation"] = generation
+    eval_fields = config_overrides(args, "eval")
     serve = serve_overrides(args, with_endpoint=False)
     if args.model_dirs:
         serve["port"] = 0  # the job's own endpoint: any free port, so it never collides with a running server
@@ -280,28 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate checkpoints on AISBench datasets")
     p.add_argument("config", nargs="?", help="job YAML (cluster:, serve:, eval:); flags override it")
-    p.add_argument("--endpoint", help="OpenAI-compatible base URL to evaluate")
     add_serve_flags(p, model_flag="--model-dir")
-    p.add_argument("--models", nargs="+", help="served model names to evaluate (default: all)")
-    p.add_argument("--datasets", nargs="+", help="AISBench dataset config names or paths")
-    p.add_argument("--data-dir")
-    p.add_argument("--num-repeats", type=int)
-    p.add_argument("--k", type=int, nargs="+")
-    p.add_argument("--limit", type=int, help="first N rows of each dataset")
-    p.add_argument("--max-out-len", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--concurrency", type=int, help="requests in flight per client")
-    p.add_argument("--clients", type=int, help="client actors")
-    p.add_argument("--timeout", type=float, help="idle bound: seconds an answer may send nothing before the attempt "
-                   "ends (a steady stream is never cut)")
-    p.add_argument("--first-token-timeout", type=float, help="seconds to wait for an answer's first token")
-    p.add_argument("--max-request-time", type=float, help="optional cap on one attempt, end to end (not retried)")
-    p.add_argument("--max-retries", type=int)
-    p.add_argument("--output", help="run directory (running again resumes)")
-    _api_key_flags(p)
+    # Every eval: field has a flag, generated from the model (names as in the YAML, plus the older short ones).
+    add_config_flags(p, EvalConfig, "eval", aliases=EVAL_FLAG_ALIASES)
     p.add_argument("--address", help="Ray cluster to run on")
     p.set_defaults(func=cmd_eval)
 

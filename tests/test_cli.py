@@ -127,3 +127,37 @@ def test_serve_smollm2_answers_curl_style_requests_and_the_openai_client_then_st
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_every_eval_field_has_a_flag_and_the_flags_become_the_config():
+    from eval_jobs.config import EvalConfig, GenerationConfig, load_job_config
+    from evalcluster_cli.config_flags import config_overrides
+    from evalcluster_cli.main import build_parser
+
+    parser = build_parser()
+    [eval_parser] = [a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" eval")]
+    dests = {action.dest for action in eval_parser._actions}
+    fields = {"eval." + (f.alias or n) for n, f in EvalConfig.model_fields.items() if n != "generation"}
+    fields |= {"eval.generation." + n for n in GenerationConfig.model_fields}
+    assert fields <= dests, sorted(fields - dests)
+
+    args = parser.parse_args([
+        "eval", "--endpoint", "http://127.0.0.1:9", "--datasets", "demo", "--model-config", "vllm_api_general",
+        "--chat-template-kwargs", "enable_thinking=false", "--stream-interval", "4", "--timeout", "30",
+        "--first-token-timeout-s", "90", "--max-request-time", "600", "--lease-size", "2", "--trackers",
+        "--max-out-len", "64", "--extra-body", "repetition_penalty=1.1",
+    ])
+    job = load_job_config(None, {"eval": config_overrides(args, "eval")})
+    cfg = job.eval
+    assert cfg.aisbench_model == "vllm_api_general" and cfg.trackers == [] and cfg.lease_size == 2
+    assert (cfg.timeout_s, cfg.first_token_timeout_s, cfg.max_request_s) == (30, 90, 600)
+    assert cfg.generation.chat_template_kwargs == {"enable_thinking": False}
+    assert cfg.generation.extra_body == {"repetition_penalty": 1.1}
+    assert cfg.generation.request_fields(0, None)["chat_template_kwargs"] == {"enable_thinking": False}
+    assert (cfg.generation.stream_interval, cfg.generation.max_out_len) == (4, 64)
+
+
+def test_a_bad_eval_flag_value_fails_naming_the_field():
+    bad = subprocess.run([*CLI, "eval", "--endpoint", "http://127.0.0.1:9", "--datasets", "x", "--stream-interval",
+                          "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "eval.generation.stream_interval = 0" in bad.stderr, bad.stderr

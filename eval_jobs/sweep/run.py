@@ -56,7 +56,8 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
         job = job.model_copy(update={"eval": job.eval.model_copy(update={"api_key": job.serve.api_key})})
     tracker_names = job.sweep.trackers if job.sweep.trackers is not None else job.eval.trackers
     check_installed(tracker_names)  # before anything starts
-    datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir)}
+    datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir,
+                                                                                   job.eval.aisbench_model)}
     checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
     mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
     watcher = (Watcher(Path(job.sweep.watch).expanduser(), job.sweep.settle_s,

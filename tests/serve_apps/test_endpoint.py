@@ -98,6 +98,25 @@ def test_chat_stream_arrives_incrementally_and_ends_with_done(endpoint, auth):
     assert arrivals[-1][0] - arrivals[0][0] > 0.05
 
 
+def test_a_client_timeout_header_does_not_cut_the_stream(endpoint, auth):
+    """Serve's proxy would end the request after `x-request-timeout-seconds` (a total deadline); the endpoint has
+    none on purpose, so the header is removed before the proxy reads it (serve_apps/proxy_headers.py)."""
+    body = {**CHAT, "model": "tiny-b", "stream": True, "max_tokens": 256, "ignore_eos": True, "stream_interval": 1}
+    headers = {**auth, "x-request-timeout-seconds": "0.05"}
+    started = time.perf_counter()
+    events = []
+    with httpx.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        events = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+    took = time.perf_counter() - started
+    assert took > 0.05  # longer than the header asked for: the proxy would have cut it
+    assert events[-1] == "[DONE]"
+    usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
+    assert not usage or usage[-1]["completion_tokens"] == 256
+    tokens = [c for e in events[:-1] for c in json.loads(e).get("choices", []) if c["delta"].get("content")]
+    assert len(tokens) >= 200
+
+
 def test_stream_interval_reaches_vllm_and_groups_tokens(endpoint, auth):
     # What evaluation requests ask for (eval.generation.stream_interval): vLLM sends the first token alone, then
     # a chunk per 8 tokens, the rest with the finish reason, so every hop back to the client carries 4 messages.
