@@ -60,11 +60,12 @@ def render_options(dataset: Any, infer_cfg: Any) -> tuple[list[str], list[list[l
     retriever's (the prompt template's keys); they are returned as strings, the form every prediction takes."""
     from ais_bench.benchmark.models.output import RequestOutput
 
-    from eval_jobs.datasets import _render_model, _run_sync, retriever_for
+    from eval_jobs.datasets import _run_sync, retriever_for
+    from eval_jobs.model_config import load_model_config
 
     retriever = retriever_for(dataset, infer_cfg)
     labels = infer_cfg["inferencer"].get("labels") or retriever.get_labels()
-    model = _render_model()
+    model = load_model_config().build()  # vllm_api_general_chat: PPL options go as chat bodies
     ice = [retriever.generate_ice(ice_idx) for ice_idx in retriever.retrieve()]
     prompts = [[model.parse_template(retriever.generate_label_prompt(idx=idx, ice=ice[idx], label=label), mode="ppl")
                 for label in labels] for idx in range(len(ice))]
