@@ -287,7 +287,7 @@ class NpuProbe:
             [
                 sys.executable,
                 "-m",
-                "serve_apps.sim_engine",
+                "sim_engine",
                 "--port",
                 str(port),
                 "--served-model-name",

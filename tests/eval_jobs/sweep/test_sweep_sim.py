@@ -58,7 +58,7 @@ def sweep_config(tmp_path: Path, state: ClusterState, data_dir: Path, sweep: dic
     config = {
         "cluster": {"address": state.gcs_address, "node_ip_address": state.driver_ip},
         "serve": {"port": 0, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
-                                        "startup_timeout_s": 120, "sim_ttft_s": 0.05, "sim_tpot_s": 0.05}},
+                                        "startup_timeout_s": 120, "sim": {"ttft_s": 0.05, "tpot_s": 0.05}}},
         "eval": {"datasets": [DEMO], "data_dir": str(data_dir), "limit": ROWS, "clients": 1, "concurrency": 2,
                  "generation": {"max_out_len": 16}, "timeout_s": 60, "output": str(tmp_path / "sweep")},
         "sweep": {"serving": {"tensor_parallel_size": TP}, **sweep},
