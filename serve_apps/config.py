@@ -72,12 +72,12 @@ class EngineConfig(StrictModel):
         """The simulator's settings were flat `sim_*` fields here once; say where they went rather than only
         that the key is unknown."""
         if isinstance(data, dict):
-            for key in data:
-                if isinstance(key, str) and key.startswith("sim_") and key[4:] in SimEngineConfig.model_fields:
-                    raise ValueError(
-                        f"{key} = {data[key]!r}: the simulator's settings moved under engine.sim; write "
-                        f"`sim: {{{key[4:]}: {data[key]!r}}}`"
-                    )
+            old = {k: v for k, v in data.items()
+                   if isinstance(k, str) and k.startswith("sim_") and k[4:] in SimEngineConfig.model_fields}
+            if old:
+                given = ", ".join(f"{k} = {v!r}" for k, v in old.items())
+                new = ", ".join(f"{k[4:]}: {v!r}" for k, v in old.items())
+                raise ValueError(f"{given}: the simulator's settings moved under engine.sim; write `sim: {{{new}}}`")
         return data
 
     def resolved_python(self) -> str:
