@@ -176,7 +176,8 @@ def long_tail(endpoint: Endpoint) -> list[Result]:
     slots = LONG_TAIL_REPLICAS * SLOTS
     engine = endpoint.cfg.engine
     slower = engine.model_copy(update={"sim": engine.sim.model_copy(update={"tpot_s": LONG_TPOT_S})})
-    endpoint.add_models([ModelConfig(model=f"/ckpt/{LONG_MODEL}", num_replicas=LONG_TAIL_REPLICAS)], engine=slower)
+    endpoint.add_models([ModelConfig(model=f"/ckpt/{LONG_MODEL}", num_replicas=LONG_TAIL_REPLICAS)],
+                        engine=slower)
     lengths = [TOKENS] * (slots * LONG_ROUNDS)
     for i in random.Random(0).sample(range(len(lengths)), LONG_COUNT):
         lengths[i] = TOKENS * LONG_FACTOR

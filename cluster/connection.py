@@ -1,5 +1,5 @@
-"""Connecting to Ray: an embedded loopback-only local Ray by default, or an existing cluster; where its dashboard
-(state API) is."""
+"""Connecting to Ray: an embedded loopback-only local Ray by default, or an existing cluster; where its
+dashboard (state API) is."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ class EvalClusterError(Exception):
     http_status = 500
     error_type = "internal_error"
 
-    def __init_subclass__(cls, *, http_status: int | None = None, error_type: str | None = None, **kwargs) -> None:
+    def __init_subclass__(cls, *, http_status: int | None = None, error_type: str | None = None,
+                          **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if http_status is not None:
             cls.http_status = http_status

@@ -4,9 +4,9 @@
     state = cluster_up(address="10.0.0.1:6379", npus="auto", node_ip_address="10.0.0.2", token_path=...)
     cluster_down()                    # (what runs where: cluster.status)
 
-Each node is a `ray start --block` process (`cluster.ray_start`) started in its own session, its pid recorded in
-`<evalcluster home>/cluster/state.json`; `cluster_down` signals those pids only, so other Ray instances on the
-same machine (other users, test clusters) survive, unlike `ray stop`.
+Each node is a `ray start --block` process (`cluster.ray_start`) started in its own session, its pid recorded
+in `<evalcluster home>/cluster/state.json`; `cluster_down` signals those pids only, so other Ray instances on
+the same machine (other users, test clusters) survive, unlike `ray stop`.
 """
 
 from __future__ import annotations
@@ -21,18 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cluster.connection import ensure_auth_token
+from cluster import ray_start
 from cluster.errors import ConfigError
 from cluster.hosts import HostNetwork, destroy_network
 from cluster.paths import evalcluster_home
-from cluster.ray_start import (
-    AuthMode,
-    is_ray_start_running,
-    launch_ray_node,
-    ray_env,
-    ray_start_command,
-    stop_pids,
-    wait_ray_node,
-)
+from cluster.ray_start import AuthMode
 
 
 
@@ -187,7 +180,7 @@ def cluster_up(
     if head == bool(address):
         raise ConfigError("cluster up: either start a head or give --address of one to join, not both")
     state = load_state()
-    if state and head and any(is_ray_start_running(n.pid) for n in state.nodes):
+    if state and head and any(ray_start.is_ray_start_running(n.pid) for n in state.nodes):
         raise ConfigError(
             f"a cluster started by evalcluster is already running at {state.gcs_address}; "
             "run `evalcluster cluster down` first"
@@ -195,9 +188,9 @@ def cluster_up(
     local = head and node_ip_address in (None, "127.0.0.1")
     node_ip = "127.0.0.1" if local else node_ip_address
     token = ensure_token(token_path) if auth_mode == "token" else None
-    env = ray_env(auth_mode=auth_mode, token_path=token, multi_node=not local, drain_timeout_s=5.0)
+    env = ray_start.ray_env(auth_mode=auth_mode, token_path=token, multi_node=not local, drain_timeout_s=5.0)
     resources = node_resources(npus, accelerator_type)
-    cmd = ray_start_command(
+    cmd = ray_start.ray_start_command(
         head=head,
         address=address,
         node_ip=node_ip,
@@ -211,8 +204,8 @@ def cluster_up(
     role: Literal["head", "worker"] = "head" if head else "worker"
     log = cluster_dir() / "logs" / f"ray-start-{role}-{int(time.time())}.log"
     what = "the Ray head" if head else f"this worker joining {address}"
-    proc = launch_ray_node(cmd, env, log)
-    wait_ray_node(proc, log, timeout_s=timeout_s, what=what)
+    proc = ray_start.launch_ray_node(cmd, env, log)
+    ray_start.wait_ray_node(proc, log, timeout_s=timeout_s, what=what)
     started = StartedNode(pid=proc.pid, role=role, node_ip=node_ip or "", resources=resources, log=str(log))
     if head or state is None:
         state = ClusterState(
@@ -236,7 +229,8 @@ def cluster_down(timeout_s: float = 30.0) -> list[int]:
     pids = [n.pid for n in state.nodes if n.role != "head"][::-1] + [
         n.pid for n in state.nodes if n.role == "head"
     ]
-    stopped = stop_pids(pids[:-1], timeout_s) + stop_pids(pids[-1:], timeout_s) if pids else []
+    stop = ray_start.stop_pids
+    stopped = stop(pids[:-1], timeout_s) + stop(pids[-1:], timeout_s) if pids else []
     if state.network:
         destroy_network(HostNetwork.from_dict(state.network))
     state_path().unlink(missing_ok=True)

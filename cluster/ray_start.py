@@ -1,14 +1,14 @@
 """One `ray start --block` process: its argv and environment, started detached, awaited, stopped by pid.
 
-`cluster.nodes` (`evalcluster cluster up/down`) and `cluster.simulate` (simulated hosts) start their nodes with
-these. A node is stopped through the pid of its `ray start --block`, never `ray stop` (which would take down every
-Ray on the machine, other users' and test clusters included): SIGTERM makes `ray start --block` tear its node's
-processes down, and Ray ties them to it with PR_SET_PDEATHSIG besides.
+`cluster.nodes` (`evalcluster cluster up/down`) and `cluster.simulate` (simulated hosts) start their nodes
+with these. A node is stopped through the pid of its `ray start --block`, never `ray stop` (which would take
+down every Ray on the machine, other users' and test clusters included): SIGTERM makes `ray start --block`
+tear its node's processes down, and Ray ties them to it with PR_SET_PDEATHSIG besides.
 
 Why the environment is spelled out (docs/platform-notes.md, Ray 2.60): Ray rewrites 127.0.0.1 to the machine's
-external address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; token auth is on by default and clients must be told
-the mode; a `ray start --address` that can't reach its head waits ~14 minutes; Ray workers use the Python `ray
-start` ran with.
+external address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; token auth is on by default and clients must be
+told the mode; a `ray start --address` that can't reach its head waits ~14 minutes; Ray workers use the Python
+`ray start` ran with.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How Ray Serve names what it starts, read back by the watchdog and `cluster status`.
 
-Serve names replica actors and their placement groups `SERVE_REPLICA::<app>#<deployment>#<id>`, and replica actor
-classes `ServeReplica:<app>:<deployment>` (Ray Serve's naming). Which deployments serve which model is the serving
-layer's business: it is passed in as a `ModelOf`, so cluster/ knows nothing of serve_apps' names.
+Serve names replica actors and their placement groups `SERVE_REPLICA::<app>#<deployment>#<id>`, and replica
+actor classes `ServeReplica:<app>:<deployment>` (Ray Serve's naming). Which deployments serve which model is
+the serving layer's business: it is passed in as a `ModelOf`, so cluster/ knows nothing of serve_apps' names.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 SERVE_REPLICA_PREFIX = "SERVE_REPLICA::"
 REPLICA_CLASS_PREFIX = "ServeReplica:"
-ModelOf = Callable[[str, str], "str | None"]  # (Serve app, deployment) → the model it serves, None: not a model's
+# (Serve app, deployment) → the model it serves; None: not a model's.
+ModelOf = Callable[[str, str], "str | None"]
 
 
 def split_replica_class_name(class_name: str) -> tuple[str, str] | None:

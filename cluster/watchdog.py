@@ -1,8 +1,8 @@
 """The watchdog: what Ray accepted after a deploy but can never place, failed within seconds.
 
-`cluster.planner.check_feasible` refuses what it can see before a deploy; what slips through (actors or placement
-groups no alive node could ever hold, e.g. after a host was lost) Ray would queue forever and Serve would show as
-DEPLOYING. The watchdog looks at what is pending and fails with the planner's message:
+`cluster.planner.check_feasible` refuses what it can see before a deploy; what slips through (actors or
+placement groups no alive node could ever hold, e.g. after a host was lost) Ray would queue forever and Serve
+would show as DEPLOYING. The watchdog looks at what is pending and fails with the planner's message:
 
     serve.run_many(apps, wait_for_applications_running=False)
     watch_for_infeasible(timeout_s=10, until=lambda: all_apps_running())

@@ -23,9 +23,9 @@ class EngineConfig(StrictModel):
 
     kind: Literal["vllm", "sim"] = Field(
         "vllm",
-        description="'vllm': the engine's own OpenAI server (vLLM / vllm-mindspore). 'sim': the simulated-latency "
-        "engine (package sim_engine, settings in `sim`), for orchestration benchmarks and tests only; its outputs "
-        "never make a reported score.",
+        description="'vllm': the engine's own OpenAI server (vLLM / vllm-mindspore). 'sim': the "
+        "simulated-latency engine (package sim_engine, settings in `sim`), for orchestration benchmarks and "
+        "tests only; its outputs never make a reported score.",
     )
     platform: Platform = Field(
         "cpu",
@@ -63,7 +63,8 @@ class EngineConfig(StrictModel):
     )
     sim: SimEngineConfig = Field(
         default_factory=SimEngineConfig,
-        description="Read with kind 'sim' only: the simulated engine's timing and batch slots (sim_engine/config.py).",
+        description="Read with kind 'sim' only: the simulated engine's timing and batch slots "
+        "(sim_engine/config.py).",
     )
 
     @model_validator(mode="before")
@@ -77,7 +78,9 @@ class EngineConfig(StrictModel):
             if old:
                 given = ", ".join(f"{k} = {v!r}" for k, v in old.items())
                 new = ", ".join(f"{k[4:]}: {v!r}" for k, v in old.items())
-                raise ValueError(f"{given}: the simulator's settings moved under engine.sim; write `sim: {{{new}}}`")
+                raise ValueError(
+                    f"{given}: the simulator's settings moved under engine.sim; write `sim: {{{new}}}`"
+                )
         return data
 
     def resolved_python(self) -> str:

@@ -1,7 +1,7 @@
 """The engine as a child process: its exact launch command, its environment, and its lifecycle.
 
-The engine is vLLM's own OpenAI server (or vllm-mindspore's wrapper around it) in its own Python environment, or
-the simulator (`sim_engine/`, in the project's). We trust its /health and /v1/models, never its exit code:
+The engine is vLLM's own OpenAI server (or vllm-mindspore's wrapper around it) in its own Python environment,
+or the simulator (`sim_engine/`, in the project's). We trust its /health and /v1/models, never its exit code:
 `python -m vllm_mindspore.entrypoints` exits 0 even when the server inside it crashed.
 """
 
@@ -68,7 +68,8 @@ def engine_command(model: ModelConfig, engine: EngineConfig, port: int) -> list[
     """The exact argv that starts one engine for `model` on `port`."""
     python = engine.resolved_python()
     if engine.kind == "sim":
-        return sim_command(engine.sim, model.name, max_model_len=model.max_model_len, host=ENGINE_HOST, port=port)
+        return sim_command(engine.sim, model.name, max_model_len=model.max_model_len, host=ENGINE_HOST,
+                           port=port)
 
     if engine.platform == "ascend":
         # vllm_mindspore must be imported before vllm in every process; its entrypoints module does that.

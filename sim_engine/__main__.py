@@ -1,5 +1,6 @@
 """`python -m sim_engine`: one simulated engine on one port, as the engine supervisor starts it
-(`sim_engine.config.sim_command` builds this argv from `engine.sim`)."""
+(`sim_engine.config.sim_command` builds this argv from `engine.sim`).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ logger = logging.getLogger("evalcluster.sim_engine")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SimEngineConfig]:
-    """The flags, and the simulator's settings validated by its config model (so the CLI and `engine.sim:` accept
-    the same values)."""
+    """The flags, and the simulator's settings validated by its config model (so the CLI and `engine.sim:`
+    accept the same values)."""
     fields = SimEngineConfig.model_fields
     parser = argparse.ArgumentParser(
-        prog="python -m sim_engine", description="evalcluster simulated-latency engine (a SIMULATOR, not a model)"
+        prog="python -m sim_engine",
+        description="evalcluster simulated-latency engine (a SIMULATOR, not a model)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Address to bind; loopback by default.")
     parser.add_argument("--port", type=int, required=True, help="Port to bind.")

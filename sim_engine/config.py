@@ -1,4 +1,4 @@
-"""The `engine.sim:` config section (read when `engine.kind: sim`), and the command that starts one simulator."""
+"""The `engine.sim:` config section (read with `engine.kind: sim`) and the command that starts a simulator."""
 
 from __future__ import annotations
 
@@ -16,20 +16,22 @@ DEFAULT_MAX_MODEL_LEN = 32768
 class SimEngineConfig(StrictModel):
     """How slowly the simulated engine pretends to generate, and how many requests it generates at once."""
 
-    ttft_s: float = Field(0.05, ge=0, description="Seconds from a request starting to generate to its first token.")
+    ttft_s: float = Field(
+        0.05, ge=0, description="Seconds from a request starting to generate to its first token."
+    )
     tpot_s: float = Field(0.01, ge=0, description="Seconds per output token after the first.")
     output_tokens: int | None = Field(
         None, ge=1, description="Cap on output tokens per choice; None: the request's max_tokens."
     )
     max_num_seqs: int | None = Field(
-        None, ge=1, description="Batch slots (vLLM's max-num-seqs): requests generating at once, the rest wait in "
-        "arrival order; None: unlimited.",
+        None, ge=1, description="Batch slots (vLLM's max-num-seqs): requests generating at once, the rest "
+        "wait in arrival order; None: unlimited.",
     )
 
 
 def sim_command(sim: SimEngineConfig, served_model_name: str, *, max_model_len: int | None, host: str,
                 port: int) -> list[str]:
-    """The argv that starts one simulated engine (in the project's own interpreter: it needs no engine stack)."""
+    """The argv that starts one simulated engine (in the project's interpreter: it needs no engine stack)."""
     argv = [sys.executable, "-m", MODULE, "--served-model-name", served_model_name,
             "--ttft-s", str(sim.ttft_s), "--tpot-s", str(sim.tpot_s)]
     if max_model_len:

@@ -81,8 +81,8 @@ def stream_interval(body: dict[str, Any]) -> int:
 def lengths(body: dict[str, Any], prompt_tokens: int, *, max_model_len: int,
             output_tokens: int | None) -> tuple[int, int, str]:
     """Output tokens per choice, number of choices and finish_reason, validated the way vLLM does."""
-    max_tokens = _positive_int(_first_set(body, "max_completion_tokens", "max_tokens", default=DEFAULT_MAX_TOKENS),
-                               "max_tokens")
+    max_tokens = _first_set(body, "max_completion_tokens", "max_tokens", default=DEFAULT_MAX_TOKENS)
+    max_tokens = _positive_int(max_tokens, "max_tokens")
     n = _positive_int(_first_set(body, "n", default=1), "n")
     if prompt_tokens + max_tokens > max_model_len:
         raise RequestError(
@@ -107,6 +107,7 @@ def choices(chat: bool, text: str, n_choices: int, finish: str | None, *, delta:
             ) -> list[dict[str, Any]]:
     """`n_choices` identical choices: chat `message` (or `delta`, when streaming), or completion `text`."""
     if chat:
-        key, value = ("delta", delta) if delta is not None else ("message", {"role": "assistant", "content": text})
+        message = {"role": "assistant", "content": text}
+        key, value = ("delta", delta) if delta is not None else ("message", message)
         return [{"index": i, key: value, "logprobs": None, "finish_reason": finish} for i in range(n_choices)]
     return [{"index": i, "text": text, "logprobs": None, "finish_reason": finish} for i in range(n_choices)]

@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-# The engine-side key rule, standard library only (it is what vLLM loads as --middleware): the simulator applies
-# the very same rule rather than a copy of it.
+# The engine-side key rule, standard library only (what vLLM loads as --middleware): the simulator applies the
+# very same rule rather than a copy of it.
 from serve_apps.engine_site import evalcluster_engine_auth as engine_auth
 from sim_engine.config import SimEngineConfig
 from sim_engine.protocol import (
