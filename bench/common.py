@@ -121,7 +121,7 @@ def vllm_server(served_name: str = "smollm2", model: Path = SMOLLM2) -> Iterator
 def sim_server(served_name: str = "sim", output_tokens: int = 4) -> Iterator[str]:
     """evalcluster's simulated engine with zero latency: what is left to measure is the client."""
     port = free_port()
-    argv = [sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", served_name,
+    argv = [sys.executable, "-m", "sim_engine", "--served-model-name", served_name,
             "--ttft-s", "0", "--tpot-s", "0", "--output-tokens", str(output_tokens),
             "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

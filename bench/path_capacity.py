@@ -51,6 +51,7 @@ from eval_jobs.run import data_plane  # noqa: E402
 from eval_jobs.work import ClientSettings, distribute  # noqa: E402
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig  # noqa: E402
 from serve_apps.endpoint import Endpoint  # noqa: E402
+from sim_engine import SimEngineConfig  # noqa: E402
 
 BENCH = "path_capacity"
 NODES, NPUS = 4, 2  # 8 replicas of tp 1 fill the cluster
@@ -162,7 +163,7 @@ def bare_engines(sim: SimulatedCluster, count: int) -> Iterator[tuple[list[str],
     try:
         for i in range(count):
             ip = sim.worker_ips[i % len(sim.worker_ips)]
-            argv = [sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", MODEL, "--ttft-s", "0",
+            argv = [sys.executable, "-m", "sim_engine", "--served-model-name", MODEL, "--ttft-s", "0",
                     "--tpot-s", "0", "--output-tokens", str(TOKENS), "--host", ip, "--port", str(BARE_PORT + i)]
             with open(LOG_DIR / f"path-capacity-bare-{i}.log", "wb") as log:
                 procs.append(subprocess.Popen(sim.host(ip).command(argv), env=env, cwd=REPO_ROOT, stdout=log,
@@ -259,7 +260,7 @@ def results_for(replicas: int, windows: dict[str, Window], idle_per_s: dict[str,
 
 def main() -> None:
     engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0, startup_timeout_s=300,
-                          sim_ttft_s=0, sim_tpot_s=0, sim_output_tokens=TOKENS)
+                          sim=SimEngineConfig(ttft_s=0, tpot_s=0, output_tokens=TOKENS))
     results: list[Result] = []
     with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2) as sim:
         # Bound to the head's own address (not its 127.0.0.1), so client actors on every host reach the proxy. Open

@@ -24,7 +24,7 @@ from ray.util.state import list_actors
 from cluster.simulate import SimulatedCluster
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-SIM_ENGINE_MODULE = "serve_apps.sim_engine"
+SIM_ENGINE_MODULE = "sim_engine"
 GUARD_MODULE = "serve_apps.engine_guard"  # its argv holds the engine's: told apart by its own module
 INGRESS_APP = "evalcluster"  # serve_apps.endpoint.INGRESS_APP
 

@@ -41,6 +41,7 @@ from eval_jobs.run import data_plane  # noqa: E402
 from eval_jobs.work import ClientSettings, distribute  # noqa: E402
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig  # noqa: E402
 from serve_apps.endpoint import Endpoint  # noqa: E402
+from sim_engine import SimEngineConfig  # noqa: E402
 
 # `--with-64` (by hand, ~4 GB more memory and minutes more than `make bench` allows): 8 NPUs a host, up to 64.
 WITH_64 = "--with-64" in sys.argv[1:]
@@ -175,8 +176,10 @@ def long_tail(endpoint: Endpoint) -> list[Result]:
     """A few requests LONG_FACTOR x longer, placed at random: evalcluster's dynamic distribution vs static shards,
     the same requests with the same number in flight."""
     slots = LONG_TAIL_REPLICAS * SLOTS
+    engine = endpoint.cfg.engine
+    slower = engine.model_copy(update={"sim": engine.sim.model_copy(update={"tpot_s": LONG_TPOT_S})})
     endpoint.add_models([ModelConfig(model=f"/ckpt/{LONG_MODEL}", num_replicas=LONG_TAIL_REPLICAS)],
-                        engine=endpoint.cfg.engine.model_copy(update={"sim_tpot_s": LONG_TPOT_S}))
+                        engine=slower)
     lengths = [TOKENS] * (slots * LONG_ROUNDS)
     for i in random.Random(0).sample(range(len(lengths)), LONG_COUNT):
         lengths[i] = TOKENS * LONG_FACTOR
@@ -201,7 +204,7 @@ def long_tail(endpoint: Endpoint) -> list[Result]:
 
 def main() -> None:
     engine = EngineConfig(kind="sim", platform="ascend", cpus_per_replica=0, startup_timeout_s=300,
-                          sim_ttft_s=TTFT_S, sim_tpot_s=TPOT_S, sim_max_num_seqs=SLOTS,
+                          sim=SimEngineConfig(ttft_s=TTFT_S, tpot_s=TPOT_S, max_num_seqs=SLOTS),
                           max_ongoing_requests=OVERSUBSCRIBE * SLOTS)
     with simulated_cluster(nodes=NODES, npus_per_node=NPUS, cpus_per_node=2, head_cpus=2) as sim:
         endpoint = Endpoint(ServeConfig(port=0, engine=engine)).start()

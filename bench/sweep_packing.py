@@ -78,8 +78,9 @@ def main() -> None:
             config.write_text(yaml.safe_dump({
                 "cluster": sim.cluster_section(),
                 "serve": {"port": 0, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
-                                                "sim_ttft_s": TTFT_S, "sim_tpot_s": TPOT_S,
-                                                "sim_output_tokens": TOKENS, "startup_timeout_s": 300}},
+                                                "sim": {"ttft_s": TTFT_S, "tpot_s": TPOT_S,
+                                                        "output_tokens": TOKENS},
+                                                "startup_timeout_s": 300}},
                 "eval": {"datasets": [DATASET], "num_repeats": REPEATS, "clients": 1, "concurrency": CONCURRENCY,
                          "generation": {"max_out_len": TOKENS}, "timeout_s": 120, "output": str(root / "sweep")},
                 "sweep": {"checkpoints": sources},

@@ -1,4 +1,5 @@
-"""Connecting to Ray: an embedded loopback-only local Ray by default, or an existing cluster."""
+"""Connecting to Ray: an embedded loopback-only local Ray by default, or an existing cluster; where its
+dashboard (state API) is."""
 
 from __future__ import annotations
 
@@ -78,3 +79,30 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+def dashboard_url(gcs_address: str | None = None) -> str:
+    """The dashboard (state API server) URL of the cluster at `gcs_address` (default: the connected one).
+
+    Read from the GCS directly: Ray's own helper rewrites 127.0.0.1 to the machine's external address
+    (docs/platform-notes.md), and without an address the state API picks the *latest* cluster on the machine,
+    maybe somebody else's.
+    """
+    import ray
+    from ray._private import ray_constants
+    from ray._raylet import GcsClient
+
+    address = gcs_address or ray.get_runtime_context().gcs_address
+    try:
+        value = GcsClient(address=address).internal_kv_get(
+            ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, timeout=10
+        )
+    except Exception as exc:  # RpcError and friends: the caller needs the address, not Ray's type
+        raise ClusterConnectionError(
+            f"could not read the dashboard address from the Ray cluster at {address}: {exc}"
+        ) from exc
+    if not value:
+        raise ClusterConnectionError(
+            f"the Ray cluster at {address} runs no dashboard (needed for its state API)"
+        )
+    return f"http://{value.decode()}"

@@ -7,24 +7,30 @@ from collections.abc import Callable
 
 
 class EvalClusterError(Exception):
-    """Base of every error evalcluster raises on purpose. `http_status` is what the ingress answers with."""
+    """Base of every error evalcluster raises on purpose. `http_status` and `error_type` are what the ingress
+    answers with (OpenAI's error `type`); a subclass names both in its class line:
+
+        class ModelNotFoundError(EvalClusterError, http_status=404, error_type="model_not_found"): ...
+    """
 
     http_status = 500
     error_type = "internal_error"
 
+    def __init_subclass__(cls, *, http_status: int | None = None, error_type: str | None = None,
+                          **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if http_status is not None:
+            cls.http_status = http_status
+        if error_type is not None:
+            cls.error_type = error_type
 
-class ConfigError(EvalClusterError):
+
+class ConfigError(EvalClusterError, http_status=400, error_type="invalid_request_error"):
     """A config file, field or flag has a bad value. The message names the file, field and value."""
 
-    http_status = 400
-    error_type = "invalid_request_error"
 
-
-class InfeasiblePlacementError(EvalClusterError):
+class InfeasiblePlacementError(EvalClusterError, http_status=503, error_type="infeasible_placement"):
     """A replica needs more devices on one node than any node of the cluster has."""
-
-    http_status = 503
-    error_type = "infeasible_placement"
 
 
 class ClusterConnectionError(EvalClusterError):
@@ -44,8 +50,5 @@ def run_command(body: Callable[[], int]) -> int:
         return 130
 
 
-class HostLostError(EvalClusterError):
+class HostLostError(EvalClusterError, http_status=503, error_type="host_lost"):
     """A host of the cluster died and what ran there cannot be placed on the hosts that are left."""
-
-    http_status = 503
-    error_type = "host_lost"

@@ -2,29 +2,26 @@
 
 Every replica holds all its devices on one node (design.md §1: tensor parallelism stays inside a node), so a
 request is feasible only if one node's *total* resources cover one replica. Ray itself would queue an
-infeasible request forever (docs/platform-notes.md: Serve stays DEPLOYING and only warns after 30 s), hence the checks here:
+infeasible request forever (docs/platform-notes.md: Serve stays DEPLOYING and only warns after 30 s), hence the
+checks here:
 
     needs = replica_needs("ascend", tensor_parallel_size=4, cpus_per_replica=1)     # {"NPU": 4, "CPU": 1}
     nodes = live_nodes()                                                              # needs a Ray connection
     check_feasible("step_400", needs, num_replicas=2, nodes=nodes)                    # raises: unplaceable
     ledger = Ledger.of(nodes); ledger.reserve("step_400", needs, 2)                  # node ids, or None: no room now
 
-Everything but `live_nodes`, `find_infeasible` and `watch_for_infeasible` is a pure function over plain data,
-so it is unit-tested without Ray. The watchdog catches what slips through after a deploy (actors or placement
-groups Ray cannot place) and fails with the same message within seconds:
-
-    serve.run_many(apps, wait_for_applications_running=False)
-    watch_for_infeasible(timeout_s=10, until=lambda: all_apps_running())
+Everything but `live_nodes` is a pure function over plain data, so it is unit-tested without Ray. What slips
+through after a deploy (actors or placement groups Ray cannot place) is caught by `cluster.watchdog`, with the
+same message.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cluster.errors import ClusterConnectionError, InfeasiblePlacementError
+from cluster.errors import InfeasiblePlacementError
 
 Resources = dict[str, float]
 Platform = Literal["ascend", "cuda", "cpu"]
@@ -131,7 +128,7 @@ def check_feasible(
     not an error (a Ledger reports them as not fitting yet).
     """
     if not any(fits(needs.resources, n.total) for n in nodes):
-        raise InfeasiblePlacementError(infeasible_message(model_name, needs.resources, nodes))
+        raise InfeasiblePlacementError(infeasible_message(f"model {model_name}", needs.resources, nodes))
     # Even an empty cluster must hold all replicas at once, else the last ones would wait forever.
     empty = Ledger({n.node_id: dict(n.total) for n in nodes})
     held = 0
@@ -144,12 +141,8 @@ def check_feasible(
         )
 
 
-def infeasible_message(model_name: str, needs: Mapping[str, float], nodes: Sequence[NodeCapacity]) -> str:
-    """E.g. "model step_400 needs 16 NPU on one node; largest node has 8"."""
-    return _infeasible_message(f"model {model_name}", needs, nodes)
-
-
-def _infeasible_message(subject: str, needs: Mapping[str, float], nodes: Sequence[NodeCapacity]) -> str:
+def infeasible_message(subject: str, needs: Mapping[str, float], nodes: Sequence[NodeCapacity]) -> str:
+    """Why no node can hold `needs`, e.g. "model step_400 needs 16 NPU on one node; largest node has 8"."""
     if not nodes:
         return f"{subject} needs {describe_resources(needs)} on one node; the cluster has no alive nodes"
     # Name the first resource that no single node has enough of: that is the actionable part.
@@ -255,147 +248,3 @@ def live_nodes() -> list[NodeCapacity]:
     )  # DeveloperAPI; no public per-node view exists
 
     return nodes_from_ray(ray.nodes(), available_resources_per_node())
-
-
-# -- watchdog: what Ray accepted but can never place ---------------------------------------------------------
-
-# Serve names replica actors and their placement groups SERVE_REPLICA::<app>#<deployment>#<id>, and replica actor
-# classes ServeReplica:<app>:<deployment> (Ray Serve's naming; which deployments serve which model is the serving
-# layer's, passed in as `model_of`).
-SERVE_REPLICA_PREFIX = "SERVE_REPLICA::"
-ModelOf = Callable[[str, str], "str | None"]  # (Serve app, deployment) → the model it serves, None: not a model's
-
-
-def split_replica_class_name(class_name: str) -> tuple[str, str] | None:
-    """`ServeReplica:<app>:<deployment>` → (app, deployment); app names may themselves contain ':'."""
-    if not class_name.startswith("ServeReplica:"):
-        return None
-    app, _, deployment = class_name.removeprefix("ServeReplica:").rpartition(":")
-    return app, deployment
-
-
-def _serve_subject(name: str, model_of: ModelOf | None) -> str | None:
-    """How a message names a Serve replica actor or placement group; None if `name` is not one."""
-    if not name.startswith(SERVE_REPLICA_PREFIX):
-        return None
-    parts = name[len(SERVE_REPLICA_PREFIX) :].split("#")
-    app, deployment = (parts[0], parts[1]) if len(parts) >= 3 else ("", parts[0])
-    model = model_of(app, deployment) if model_of else None
-    return f"model {model}" if model else f"Serve deployment {deployment} of app {app or 'default'}"
-
-
-def _field(obj: Any, key: str) -> Any:
-    """State API rows are dataclasses; tests pass dicts. Read either."""
-    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
-
-
-def _subject(name: str | None, class_name: str | None, model_of: ModelOf | None) -> str:
-    name = name or ""
-    return _serve_subject(name, model_of) or f"actor {name or class_name or '?'}"
-
-
-def infeasible_demands(
-    actors: Iterable[Any],
-    placement_groups: Iterable[Any],
-    nodes: Sequence[NodeCapacity],
-    model_of: ModelOf | None = None,
-) -> list[str]:
-    """Messages for pending actors and placement groups that no alive node could ever hold (pure, for tests).
-
-    Actors count when PENDING_CREATION with `required_resources` that fit no node's total; resources named
-    `*_group_*` belong to a placement group (judged through the group instead). Placement groups count when
-    Ray's own scheduler marked them INFEASIBLE.
-    """
-    messages: list[str] = []
-    for actor in actors:
-        if _field(actor, "state") != "PENDING_CREATION":
-            continue
-        required = _field(actor, "required_resources") or {}
-        needs = {k: float(v) for k, v in required.items() if "_group_" not in k}
-        if not needs or any(fits(needs, n.total) for n in nodes):
-            continue
-        subject = _subject(_field(actor, "name"), _field(actor, "class_name"), model_of)
-        messages.append(_infeasible_message(subject, needs, nodes))
-    for group in placement_groups:
-        stats = _field(group, "stats") or {}
-        if _field(group, "state") != "PENDING" or stats.get("scheduling_state") != "INFEASIBLE":
-            continue
-        bundles = [b.get("unit_resources", {}) for b in _field(group, "bundles") or []]
-        # Name the bundle that fits nowhere; if each fits alone, the group must be packed (STRICT_PACK): the
-        # sum.
-        needs = next((b for b in bundles if not any(fits(b, n.total) for n in nodes)), None)
-        if needs is None:
-            needs = {}
-            for bundle in bundles:
-                needs = {k: needs.get(k, 0.0) + bundle.get(k, 0.0) for k in {*needs, *bundle}}
-        subject = _subject(_field(group, "name"), None, model_of)
-        messages.append(_infeasible_message(subject, needs, nodes))
-    return list(dict.fromkeys(messages))  # one message per model even with several replicas pending
-
-
-def dashboard_url(gcs_address: str | None = None) -> str:
-    """The dashboard (state API server) URL of the cluster at `gcs_address` (default: the connected one).
-
-    Read from the GCS directly: Ray's own helper rewrites 127.0.0.1 to the machine's external address
-    (docs/platform-notes.md), and without an address the state API picks the *latest* cluster on the machine, maybe somebody
-    else's.
-    """
-    import ray
-    from ray._private import ray_constants
-    from ray._raylet import GcsClient
-
-    address = gcs_address or ray.get_runtime_context().gcs_address
-    try:
-        value = GcsClient(address=address).internal_kv_get(
-            ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, timeout=10
-        )
-    except Exception as exc:  # RpcError and friends: the caller needs the address, not Ray's type
-        raise ClusterConnectionError(
-            f"could not read the dashboard address from the Ray cluster at {address}: {exc}"
-        ) from exc
-    if not value:
-        raise ClusterConnectionError(
-            f"the Ray cluster at {address} runs no dashboard (needed for its state API)"
-        )
-    return f"http://{value.decode()}"
-
-
-def find_infeasible(model_of: ModelOf | None = None, address: str | None = None) -> list[str]:
-    """One look at the connected cluster: messages for everything pending that can never be placed."""
-    from ray.util.state import list_actors, list_placement_groups
-
-    address = address or dashboard_url()
-    actors = list_actors(
-        address=address,
-        filters=[("state", "=", "PENDING_CREATION")],
-        detail=True,
-        raise_on_missing_output=False,
-    )
-    groups = list_placement_groups(
-        address=address, filters=[("state", "=", "PENDING")], detail=True, raise_on_missing_output=False
-    )
-    return infeasible_demands(actors, groups, live_nodes(), model_of)
-
-
-def watch_for_infeasible(
-    timeout_s: float = 10.0,
-    *,
-    poll_s: float = 0.5,
-    until: Callable[[], bool] | None = None,
-    model_of: ModelOf | None = None,
-) -> None:
-    """After a deploy: raise InfeasiblePlacementError as soon as something pending can never be placed.
-
-    Returns quietly after `timeout_s`, or earlier once `until()` is true (e.g. every application is RUNNING).
-    Ray detects infeasible placement groups at once and pending actors within seconds (docs/platform-notes.md), so 10 s is
-    enough; Serve itself would stay DEPLOYING forever.
-    """
-    deadline = time.monotonic() + timeout_s
-    address = dashboard_url()
-    while True:
-        messages = find_infeasible(model_of, address)
-        if messages:
-            raise InfeasiblePlacementError("; ".join(messages))
-        if (until is not None and until()) or time.monotonic() >= deadline:
-            return
-        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

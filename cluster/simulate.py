@@ -36,17 +36,12 @@ from typing import Any
 from cluster.errors import ClusterConnectionError, ConfigError
 from cluster.net import free_port
 from cluster.hosts import MAX_HOSTS, HostNetwork, SimHost, create_network, destroy_network
-from cluster.nodes import (
-    ClusterState,
-    StartedNode,
-    cluster_dir,
+from cluster.nodes import ClusterState, StartedNode, cluster_dir, load_state, save_state, state_path
+from cluster.ray_start import (
     is_ray_start_running,
     launch_ray_node,
-    load_state,
     ray_env,
     ray_start_command,
-    save_state,
-    state_path,
     stop_pids,
     wait_ray_node,
 )

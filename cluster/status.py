@@ -12,9 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.connection import dashboard_url
 from cluster.errors import ClusterConnectionError
-from cluster.nodes import int_or_float, load_state
-from cluster.planner import ModelOf, dashboard_url, describe_resources, nodes_from_ray, split_replica_class_name
+from cluster.nodes import load_state
+from cluster.planner import describe_resources, nodes_from_ray
+from cluster.ray_start import int_or_float
+from cluster.serve_names import ModelOf, split_replica_class_name
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -12,6 +12,7 @@ from cluster.configfile import StrictModel
 from cluster.net import is_loopback
 from cluster.paths import REPO_ROOT
 from cluster.secrets import check_secret_file, key_from_file_or_env
+from sim_engine.config import SimEngineConfig
 
 Platform = Literal["ascend", "cuda", "cpu"]
 EngineArgValue = str | int | float | bool
@@ -22,8 +23,9 @@ class EngineConfig(StrictModel):
 
     kind: Literal["vllm", "sim"] = Field(
         "vllm",
-        description="'vllm': the engine's own OpenAI server (vLLM / vllm-mindspore). 'sim': the simulated-latency "
-        "engine, for orchestration benchmarks only; its outputs never make a reported score.",
+        description="'vllm': the engine's own OpenAI server (vLLM / vllm-mindspore). 'sim': the "
+        "simulated-latency engine (package sim_engine, settings in `sim`), for orchestration benchmarks and "
+        "tests only; its outputs never make a reported score.",
     )
     platform: Platform = Field(
         "cpu",
@@ -59,12 +61,27 @@ class EngineConfig(StrictModel):
     max_ongoing_requests: int = Field(
         1024, ge=1, description="Requests one replica accepts at once; the engine does its own batching and queueing."
     )
-    sim_ttft_s: float = Field(0.05, ge=0, description="sim engine only: time to first token.")
-    sim_tpot_s: float = Field(0.01, ge=0, description="sim engine only: time per output token after the first.")
-    sim_output_tokens: int | None = Field(None, ge=1, description="sim engine only: cap on output tokens.")
-    sim_max_num_seqs: int | None = Field(
-        None, ge=1, description="sim engine only: batch slots (requests generating at once); None: unlimited."
+    sim: SimEngineConfig = Field(
+        default_factory=SimEngineConfig,
+        description="Read with kind 'sim' only: the simulated engine's timing and batch slots "
+        "(sim_engine/config.py).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_sim_spelling(cls, data: Any) -> Any:
+        """The simulator's settings were flat `sim_*` fields here once; say where they went rather than only
+        that the key is unknown."""
+        if isinstance(data, dict):
+            old = {k: v for k, v in data.items()
+                   if isinstance(k, str) and k.startswith("sim_") and k[4:] in SimEngineConfig.model_fields}
+            if old:
+                given = ", ".join(f"{k} = {v!r}" for k, v in old.items())
+                new = ", ".join(f"{k[4:]}: {v!r}" for k, v in old.items())
+                raise ValueError(
+                    f"{given}: the simulator's settings moved under engine.sim; write `sim: {{{new}}}`"
+                )
+        return data
 
     def resolved_python(self) -> str:
         if self.python:

@@ -1,8 +1,8 @@
 """The engine as a child process: its exact launch command, its environment, and its lifecycle.
 
-The engine is vLLM's own OpenAI server (or vllm-mindspore's wrapper around it, or the simulator) in its own Python
-environment. We trust its /health and /v1/models, never its exit code: `python -m vllm_mindspore.entrypoints`
-exits 0 even when the server inside it crashed.
+The engine is vLLM's own OpenAI server (or vllm-mindspore's wrapper around it) in its own Python environment,
+or the simulator (`sim_engine/`, in the project's). We trust its /health and /v1/models, never its exit code:
+`python -m vllm_mindspore.entrypoints` exits 0 even when the server inside it crashed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cluster.secrets import redact_argv, write_secret_file
 from serve_apps.config import EngineArgValue, EngineConfig, ModelConfig
 from serve_apps.engine_site import evalcluster_engine_auth as engine_auth
 from serve_apps.errors import EngineStartupError
+from sim_engine.config import sim_command
 
 __all__ = ["EngineProcess", "engine_command", "engine_env", "engine_headers", "free_port", "launch_engine"]
 
@@ -67,15 +68,8 @@ def engine_command(model: ModelConfig, engine: EngineConfig, port: int) -> list[
     """The exact argv that starts one engine for `model` on `port`."""
     python = engine.resolved_python()
     if engine.kind == "sim":
-        argv = [sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", model.name,
-                "--ttft-s", str(engine.sim_ttft_s), "--tpot-s", str(engine.sim_tpot_s)]
-        if model.max_model_len:
-            argv += ["--max-model-len", str(model.max_model_len)]
-        if engine.sim_output_tokens:
-            argv += ["--output-tokens", str(engine.sim_output_tokens)]
-        if engine.sim_max_num_seqs:
-            argv += ["--max-num-seqs", str(engine.sim_max_num_seqs)]
-        return argv + ["--host", ENGINE_HOST, "--port", str(port)]
+        return sim_command(engine.sim, model.name, max_model_len=model.max_model_len, host=ENGINE_HOST,
+                           port=port)
 
     if engine.platform == "ascend":
         # vllm_mindspore must be imported before vllm in every process; its entrypoints module does that.

@@ -92,7 +92,7 @@ def sim_engine(name: str = "sim", *, ttft_s: float = 0.1, tpot_s: float = 0.05,
     from serve_apps.engine_process import free_port
 
     port = free_port()
-    argv = [sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", name, "--ttft-s", str(ttft_s),
+    argv = [sys.executable, "-m", "sim_engine", "--served-model-name", name, "--ttft-s", str(ttft_s),
             "--tpot-s", str(tpot_s), "--host", "127.0.0.1", "--port", str(port)]
     if output_tokens is not None:
         argv += ["--output-tokens", str(output_tokens)]

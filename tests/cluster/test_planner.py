@@ -9,10 +9,10 @@ from cluster.planner import (
     Ledger,
     NodeCapacity,
     check_feasible,
-    infeasible_demands,
     nodes_from_ray,
     replica_needs,
 )
+from cluster.watchdog import infeasible_demands
 from serve_apps.ingress import served_model
 
 

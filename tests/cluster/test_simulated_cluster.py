@@ -3,7 +3,7 @@ namespace).
 
 The hosts themselves (own loopback, reachable by address, killed as a whole, cleaned up after a crash),
 capacities, NPU visibility, the watchdog, the `cluster up --simulate` / `cluster down` lifecycle with a
-`ray job submit` on it, and the pure parts of cluster.nodes.
+`ray job submit` on it, and the pure parts of cluster.nodes and cluster.ray_start.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from cluster import nodes as nodes_mod  # noqa: E402
 from cluster.errors import ConfigError, InfeasiblePlacementError  # noqa: E402
 from cluster.hosts import SimHost, create_network, destroy_network, namespaces_available  # noqa: E402
 from cluster.net import free_port  # noqa: E402
-from cluster.nodes import cluster_down, is_ray_start_running, load_state, ray_start_command  # noqa: E402
-from cluster.planner import live_nodes, watch_for_infeasible  # noqa: E402
+from cluster.nodes import cluster_down, load_state  # noqa: E402
+from cluster.ray_start import is_ray_start_running, ray_start_command  # noqa: E402
+from cluster.planner import live_nodes  # noqa: E402
+from cluster.watchdog import watch_for_infeasible  # noqa: E402
 from cluster.status import NodeStatus, cluster_status, format_status, node_statuses  # noqa: E402
 from cluster.simulate import (  # noqa: E402
     SimulatedCluster,
@@ -287,7 +289,7 @@ class NpuProbe:
             [
                 sys.executable,
                 "-m",
-                "serve_apps.sim_engine",
+                "sim_engine",
                 "--port",
                 str(port),
                 "--served-model-name",

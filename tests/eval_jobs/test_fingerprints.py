@@ -82,7 +82,7 @@ def sim_job(ckpt: Path, data_dir: Path, output: Path) -> JobConfig:
     return JobConfig(
         serve={"port": 0, "api_key": API_KEY,
                "engine": {"kind": "sim", "cpus_per_replica": 0, "startup_timeout_s": 120,
-                          "sim_output_tokens": 4},
+                          "sim": {"output_tokens": 4}},
                "models": [{"model": str(ckpt), "served_model_name": "ckpt"}]},
         eval={"datasets": [DEMO], "data_dir": str(data_dir), "limit": 5, "clients": 1, "concurrency": 4,
               "timeout_s": 30, "output": str(output)},

@@ -41,9 +41,9 @@ def hosts() -> Iterator[SimulatedCluster]:
         yield sim
 
 
-def sim_engine(**fields) -> dict:
+def sim_engine(**sim) -> dict:
     return {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0, "startup_timeout_s": 120,
-            "sim_ttft_s": 0.05, "sim_tpot_s": 0.01, **fields}
+            "sim": {"ttft_s": 0.05, "tpot_s": 0.01, **sim}}
 
 
 def eval_section(data_dir: Path, output: Path, **fields) -> dict:
@@ -220,7 +220,7 @@ def test_host_killed_mid_eval_its_replica_moves_and_nothing_is_lost(three_hosts,
     # Two tp-2 replicas on three 2-NPU hosts: one host is free to take the replica of a host that dies.
     config = write_config(tmp_path / "job.yaml", {
         "cluster": sim.cluster_section(),
-        "serve": {"port": 0, "engine": sim_engine(sim_tpot_s=0.05),
+        "serve": {"port": 0, "engine": sim_engine(tpot_s=0.05),
                   "models": [{"model": "/ckpt/m", "served_model_name": "m", "tensor_parallel_size": 2,
                               "num_replicas": 2}]},
         "eval": slow_eval(data_dir, tmp_path / "run", rows),
@@ -239,7 +239,7 @@ def test_host_killed_with_no_room_left_fails_naming_it_and_a_rerun_resumes(data_
         # Two checkpoints fill both 2-NPU hosts: the one whose host dies has nowhere to go.
         config = write_config(tmp_path / "job.yaml", {
             "cluster": sim.cluster_section(),
-            "serve": {"port": 0, "engine": sim_engine(sim_tpot_s=0.05),
+            "serve": {"port": 0, "engine": sim_engine(tpot_s=0.05),
                       "models": [{"model": f"/ckpt/{n}", "served_model_name": n, "tensor_parallel_size": 2}
                                  for n in ("a", "b")]},
             "eval": slow_eval(data_dir, tmp_path / "run", rows),
@@ -274,7 +274,7 @@ def test_host_killed_mid_sweep_its_checkpoint_is_deployed_again_elsewhere(three_
         (ckpts / f"step_{step}" / "model.safetensors").write_bytes(b"\0" * 64)
     config = write_config(tmp_path / "sweep.yaml", {
         "cluster": sim.cluster_section(),
-        "serve": {"port": 0, "engine": sim_engine(sim_tpot_s=0.05)},
+        "serve": {"port": 0, "engine": sim_engine(tpot_s=0.05)},
         "eval": slow_eval(data_dir, tmp_path / "sweep", rows),
         "sweep": {"serving": {"tensor_parallel_size": 2}, "checkpoints": [{"glob": str(ckpts / "step_*")}]},
     })

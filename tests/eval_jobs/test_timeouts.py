@@ -84,12 +84,12 @@ def test_the_serve_data_plane_and_the_http_endpoint_bound_silence_the_same_way(r
     from serve_apps.endpoint import Endpoint
     from serve_apps.ingress import engine_app_name
 
-    base = dict(kind="sim", cpus_per_replica=0, startup_timeout_s=120, sim_output_tokens=None)
+    base = dict(kind="sim", cpus_per_replica=0, startup_timeout_s=120)
     # With the session's key: after the shared endpoint fixture, this joins its Serve and its ingress, which
     # answers key holders only (without it, the readiness check waited out its deadline in the full suite).
     endpoint = Endpoint(ServeConfig(port=0, api_key=API_KEY, engine=EngineConfig(**base))).start()
-    slow = EngineConfig(**base, sim_ttft_s=0.2, sim_tpot_s=0.25)
-    silent = EngineConfig(**base, sim_ttft_s=60, sim_tpot_s=0.01)
+    slow = EngineConfig(**base, sim={"ttft_s": 0.2, "tpot_s": 0.25})
+    silent = EngineConfig(**base, sim={"ttft_s": 60, "tpot_s": 0.01})
     try:
         endpoint.add_models([ModelConfig(model="sim-steady")], engine=slow)
         endpoint.add_models([ModelConfig(model="sim-silent")], engine=silent)

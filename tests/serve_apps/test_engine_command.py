@@ -40,10 +40,10 @@ def test_cuda_command_is_vllm_own_server():
 
 
 def test_sim_command_is_the_simulator_with_its_timing_and_slots():
-    engine = EngineConfig(kind="sim", platform="ascend", sim_ttft_s=0.3, sim_tpot_s=0.25, sim_output_tokens=8,
-                          sim_max_num_seqs=4)
+    engine = EngineConfig(kind="sim", platform="ascend",
+                          sim={"ttft_s": 0.3, "tpot_s": 0.25, "output_tokens": 8, "max_num_seqs": 4})
     argv = engine_command(ModelConfig(model=CKPT), engine, port=41002)
-    assert argv[1:] == ["-m", "serve_apps.sim_engine", "--served-model-name", "step_400", "--ttft-s", "0.3",
+    assert argv[1:] == ["-m", "sim_engine", "--served-model-name", "step_400", "--ttft-s", "0.3",
                         "--tpot-s", "0.25", "--output-tokens", "8", "--max-num-seqs", "4",
                         "--host", "127.0.0.1", "--port", "41002"]
 

@@ -45,7 +45,7 @@ def test_engine_dies_with_a_sigkilled_guard():
     # still tells the engine, which must not keep its memory and port.
     port = free_port()
     guard = subprocess.Popen([sys.executable, "-m", "serve_apps.engine_guard", "--", sys.executable, "-m",
-                              "serve_apps.sim_engine", "--served-model-name", "g", "--port", str(port)])
+                              "sim_engine", "--served-model-name", "g", "--port", str(port)])
     engine = engine_child(guard, port)
     try:
         guard.send_signal(signal.SIGKILL)
@@ -61,7 +61,7 @@ def test_guard_removes_the_key_file_when_the_engine_ends(tmp_path):
     key_file.write_text("k")
     port = free_port()
     guard = subprocess.Popen([sys.executable, "-m", "serve_apps.engine_guard", "--remove-on-exit", str(key_file),
-                              "--", sys.executable, "-m", "serve_apps.sim_engine", "--served-model-name", "g",
+                              "--", sys.executable, "-m", "sim_engine", "--served-model-name", "g",
                               "--port", str(port)])
     engine = engine_child(guard, port)
     assert key_file.exists()  # kept while the engine runs: an operator reads it to talk to the engine directly

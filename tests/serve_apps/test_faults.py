@@ -43,8 +43,8 @@ def test_evaluation_survives_a_dying_replica_or_engine(endpoint, fault, route):
     name = f"sim-fault-{fault.__name__}-{route}".replace("_", "-")
     # 32 tokens at 20 ms: each request spends ~0.7 s at the replica, so the kill finds some there (with 8 tokens a
     # loaded machine could kill it between requests, and the fault went unfelt).
-    engine = EngineConfig(kind="sim", sim_ttft_s=0.05, sim_tpot_s=0.02, sim_output_tokens=32, cpus_per_replica=0,
-                          health_check_period_s=1, health_timeout_s=2)
+    engine = EngineConfig(kind="sim", sim={"ttft_s": 0.05, "tpot_s": 0.02, "output_tokens": 32},
+                          cpus_per_replica=0, health_check_period_s=1, health_timeout_s=2)
     endpoint.add_models([ModelConfig(model=f"/ckpt/{name}")], engine=engine)
     try:
         where = endpoint.url if route == "endpoint" else data_plane(name)

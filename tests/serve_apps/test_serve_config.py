@@ -74,3 +74,20 @@ def test_home_and_relative_checkpoint_paths_become_absolute(tmp_path, monkeypatc
     assert model.name == "step_400"
     argv = engine_command(model, EngineConfig(platform="cpu", python="/py"), port=1)
     assert argv[argv.index("--model") + 1] == str(tmp_path / "home" / "ckpt" / "step_400")
+
+
+def test_the_old_flat_sim_fields_are_refused_saying_where_they_went():
+    with pytest.raises(ConfigError) as refused:
+        validate(ServeConfig, {"engine": {"kind": "sim", "sim_ttft_s": 0.2}}, source="serve.yaml", section="serve")
+    message = str(refused.value)
+    assert message.startswith("serve.yaml: serve.engine")
+    assert "sim_ttft_s = 0.2: the simulator's settings moved under engine.sim; write `sim: {ttft_s: 0.2}`" in message
+
+
+def test_the_simulator_settings_are_checked_under_engine_sim():
+    engine = validate(ServeConfig, {"engine": {"kind": "sim", "sim": {"ttft_s": 0.2, "max_num_seqs": 4}}},
+                      source="serve.yaml", section="serve").engine
+    assert (engine.sim.ttft_s, engine.sim.tpot_s, engine.sim.max_num_seqs) == (0.2, 0.01, 4)
+    with pytest.raises(ConfigError, match=r"serve.yaml: serve.engine.sim.tpot_s = -1: Input should be greater"):
+        validate(ServeConfig, {"engine": {"kind": "sim", "sim": {"tpot_s": -1}}}, source="serve.yaml",
+                 section="serve")

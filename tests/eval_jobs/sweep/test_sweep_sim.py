@@ -62,7 +62,7 @@ def sweep_config(tmp_path: Path, state: ClusterState, data_dir: Path, sweep: dic
     config = {
         "cluster": {"address": state.gcs_address, "node_ip_address": state.driver_ip},
         "serve": {"port": 0, "engine": {"kind": "sim", "platform": "ascend", "cpus_per_replica": 0,
-                                        "startup_timeout_s": 120, "sim_ttft_s": 0.05, "sim_tpot_s": 0.05}},
+                                        "startup_timeout_s": 120, "sim": {"ttft_s": 0.05, "tpot_s": 0.05}}},
         "eval": {"datasets": [DEMO], "data_dir": str(data_dir), "limit": ROWS, "clients": 1, "concurrency": 2,
                  "generation": {"max_out_len": 16}, "timeout_s": 60, "output": str(tmp_path / "sweep")},
         "sweep": {"serving": {"tensor_parallel_size": TP}, **sweep},
@@ -178,7 +178,7 @@ def test_ctrl_c_stops_within_seconds_retires_everything_and_a_rerun_resumes(sim_
     # the thread pool used to do on exit) would take over a minute after the Ctrl-C.
     config = sweep_config(tmp_path, sim_cluster, data_dir, sweep)
     slow = yaml.safe_load(config.read_text())
-    slow["serve"]["engine"]["sim_tpot_s"] = 0.5
+    slow["serve"]["engine"]["sim"]["tpot_s"] = 0.5
     slow["eval"]["generation"]["max_out_len"] = 64
     config.write_text(yaml.safe_dump(slow))
     sweep_dir = tmp_path / "sweep"
@@ -204,7 +204,7 @@ def test_ctrl_c_stops_within_seconds_retires_everything_and_a_rerun_resumes(sim_
     assert len(kept) >= 2 and all(r.status == "ok" for r in kept)
 
     # The rerun (fast answers now) finds nothing left deployed, keeps what was stored, sends only the rest.
-    slow["serve"]["engine"]["sim_tpot_s"] = 0.01
+    slow["serve"]["engine"]["sim"]["tpot_s"] = 0.01
     config.write_text(yaml.safe_dump(slow))
     rerun = start_driver(config, sim_cluster)
     assert rerun.wait(timeout=300) == 0, driver_log(config)

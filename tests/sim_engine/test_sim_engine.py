@@ -30,12 +30,12 @@ class SimServer:
 
 @contextlib.contextmanager
 def running_sim(*extra_args: str, key: str | None = None) -> Iterator[SimServer]:
-    """`python -m serve_apps.sim_engine` on a free port, healthy, stopped on exit; with `key`, as the supervisor
+    """`python -m sim_engine` on a free port, healthy, stopped on exit; with `key`, as the supervisor
     starts it (VLLM_API_KEY in its environment)."""
     port = free_port()
     env = dict(os.environ, ASCEND_RT_VISIBLE_DEVICES="2,3", **({"VLLM_API_KEY": key} if key else {}))
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    argv = [sys.executable, "-m", "serve_apps.sim_engine", "--host", "127.0.0.1", "--port", str(port),
+    argv = [sys.executable, "-m", "sim_engine", "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", "sim-model", "--ttft-s", str(TTFT_S), "--tpot-s", str(TPOT_S),
             "--output-tokens", str(OUTPUT_TOKENS), "--max-model-len", "1000", *extra_args]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
