@@ -58,6 +58,10 @@ def ray_env(
     if local_engine.exists():
         env.setdefault("EVALCLUSTER_ENGINE_PYTHON", str(local_engine))
     env.pop("RAY_ADDRESS", None)  # `ray start --head` would otherwise try to join it
+    # Where a driver on the machine that started the node attaches: inherited by the node, every job driver it runs
+    # would attach to that other node's raylet (its socket is a file, reachable from any network namespace) and
+    # register an address its peers cannot reach back; the first call with a large argument then hangs.
+    env.pop("EVALCLUSTER_NODE_IP_ADDRESS", None)
     return env
 
 

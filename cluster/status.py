@@ -71,7 +71,7 @@ def cluster_status(address: str | None = None, model_of: ModelOf | None = None) 
         # does).
         from ray._raylet import Config
 
-        os.environ.update({k: v for k, v in state.client_env().items() if k != "RAY_ADDRESS"})
+        os.environ.update({k: v for k, v in state.client_env().items() if k.startswith("RAY_AUTH_")})
         Config.initialize("")
     if ray.is_initialized():
         from ray._private.state import available_resources_per_node

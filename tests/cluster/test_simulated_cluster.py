@@ -140,7 +140,11 @@ def test_simulate_up_job_submit_and_down(tmp_path: Path, monkeypatch: pytest.Mon
         if state.network:  # hosts of their own: one namespace per node but this machine's
             assert len({n.netns for n in state.nodes if n.role != "driver"}) == 3
             assert [n.netns for n in state.nodes if n.role == "driver"] == [None]
+        monkeypatch.delenv("EVALCLUSTER_NODE_IP_ADDRESS", raising=False)
         statuses = cluster_status()  # reads the recorded cluster's GCS, no driver
+        # ... taking only the cluster's auth settings: a node address left in this process's environment was
+        # inherited by the next cluster's nodes, and every job driver there attached to this machine's node.
+        assert "EVALCLUSTER_NODE_IP_ADDRESS" not in os.environ
         assert sorted(s.address for s in statuses) == sorted(n.node_ip for n in state.nodes)
         assert sum(s.total.get("NPU", 0) for s in statuses) == 8
         env = dict(os.environ, **state.client_env())
