@@ -36,7 +36,7 @@ from bench.common import (
 )
 from eval_jobs.config import JobConfig
 from eval_jobs.datasets import load_dataset
-from eval_jobs.run import run_job
+from eval_jobs.evaluation import run_job
 
 NAME = "smollm2"
 MAX_TOKENS = 32  # with 64, concurrency 1 alone took 11 minutes here (both sides), over the whole bench's budget

@@ -1,6 +1,6 @@
 """Benchmark 5: memory of the driver and of one client actor does not grow with the dataset.
 
-The evaluation path of `eval_jobs.run` (work queue, client actors, durable store, scoring-free) sends 1,000 and then
+The evaluation path of `eval_jobs.evaluation` (work queue, client actors, durable store, scoring-free) sends 1,000 and then
 10,000 samples to the zero-latency simulated engine; each size runs in a fresh process, so peaks don't carry over.
 Peak RSS is sampled every 0.2 s (the driver and each client actor). The peer is the same
 measurement at 1,000 samples: the ratio 10k ÷ 1k should stay near 1.

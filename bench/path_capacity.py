@@ -47,7 +47,7 @@ from bench.proc_cpu import CpuLedger, actor_roles, cluster_pids, engine_pids, pi
 from cluster.paths import REPO_ROOT  # noqa: E402
 from cluster.simulate import SimulatedCluster, simulated_cluster  # noqa: E402
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult  # noqa: E402
-from eval_jobs.run import data_plane  # noqa: E402
+from eval_jobs.evaluation import data_plane  # noqa: E402
 from eval_jobs.work import ClientSettings, distribute  # noqa: E402
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig  # noqa: E402
 from serve_apps.endpoint import Endpoint  # noqa: E402

@@ -37,7 +37,7 @@ from bench.common import QUICK, Result, eval_body, report  # noqa: E402
 from cluster.simulate import SimulatedCluster, simulated_cluster  # noqa: E402
 from eval_jobs.client import Transports, send_chat  # noqa: E402
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult  # noqa: E402
-from eval_jobs.run import data_plane  # noqa: E402
+from eval_jobs.evaluation import data_plane  # noqa: E402
 from eval_jobs.work import ClientSettings, distribute  # noqa: E402
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig  # noqa: E402
 from serve_apps.endpoint import Endpoint  # noqa: E402
@@ -81,7 +81,7 @@ def generation_s(tokens: int, tpot_s: float) -> float:
 
 
 def requests_for(model: str, max_tokens: list[int]) -> list[SampleRequest]:
-    """Requests to `model` through the data plane: what `eval_jobs.run` sends for a checkpoint the cluster serves."""
+    """Requests to `model` through the data plane: what `eval_jobs.evaluation` sends for a checkpoint the cluster serves."""
     return [SampleRequest(key=SampleKey(model, "bench", i, 0), endpoint=data_plane(model),
                           body=eval_body(model, [{"role": "user", "content": f"question {i}"}], n))
             for i, n in enumerate(max_tokens)]

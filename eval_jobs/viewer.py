@@ -1,6 +1,6 @@
 """`samples.html`: every sample of a run in one self-contained page (no server; opens from disk).
 
-    write_viewer(run_dir, samples, provenance)     # samples: the scored per-sample frame of eval_jobs.run
+    write_viewer(run_dir, samples, provenance)     # samples: the scored per-sample frame of eval_jobs.evaluation
 
 The answers behind a jump or a drop in a learning curve: question, answer, reasoning, extracted answer, reference
 and verdict per sample, filtered by checkpoint, dataset, verdict, truncation and failure, and searched. With two

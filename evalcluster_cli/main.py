@@ -142,7 +142,7 @@ EVAL_FLAG_ALIASES = {"timeout_s": ["--timeout"], "first_token_timeout_s": ["--fi
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from eval_jobs.config import load_job_config
-    from eval_jobs.run import exit_code, run_job
+    from eval_jobs.evaluation import exit_code, run_job
 
     eval_fields = config_overrides(args, "eval")
     serve = serve_overrides(args, with_endpoint=False)

@@ -39,7 +39,7 @@ from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, 
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.ppl import reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.run import build_requests, client_settings, data_plane
+from eval_jobs.evaluation import build_requests, client_settings, data_plane
 from eval_jobs.store import SampleStore, matching, plan_resume
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig
@@ -370,7 +370,7 @@ class Sweep:
 
     def _record(self, results: list[SampleResult]) -> None:
         with self._store_lock:
-            self.store.append(results)  # durable before it counts, as in eval_jobs.run
+            self.store.append(results)  # durable before it counts, as in eval_jobs.evaluation
             for r in results:
                 self.latest[r.key] = r
 

@@ -33,7 +33,7 @@ import pandas as pd
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleResult
 from eval_jobs.report import samples_frame
-from eval_jobs.run import score
+from eval_jobs.evaluation import score
 from eval_jobs.scoring import EVALUATOR_METRICS, SCORING_ERRORS, summarize
 
 log = logging.getLogger("evalcluster.sweep")
@@ -105,7 +105,7 @@ class CheckpointScorer:
                     self._idle.notify_all()
 
     def score_checkpoint(self, name: str, records: Sequence[SampleResult]) -> pd.DataFrame:
-        """Judge one checkpoint's samples (each dataset on its own, `eval_jobs.run.score`) and reduce them to its
+        """Judge one checkpoint's samples (each dataset on its own, `eval_jobs.evaluation.score`) and reduce them to its
         summary rows; the summary is kept for the report and handed to `on_scored`. Returns the summary (empty when
         simulated)."""
         t0 = time.monotonic()

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from eval_jobs.config import JobConfig
-from eval_jobs.run import run_job
+from eval_jobs.evaluation import run_job
 from eval_jobs.store import RunDir
 from shared import API_KEY
 

@@ -194,7 +194,7 @@ def test_default_requests_carry_what_ais_bench_sends(demo) -> None:
     from ais_bench.benchmark.utils.config import build_model_from_cfg
     from eval_jobs.config import EvalConfig
     from eval_jobs.datasets import GENERAL_CHAT_MODEL, shipped_configs_dir
-    from eval_jobs.run import build_requests
+    from eval_jobs.evaluation import build_requests
 
     model_cfg = Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))["models"][0]
     model_cfg["model"] = "m"  # non-empty: no GET /v1/models at construction

@@ -12,7 +12,7 @@ import pandas as pd
 from eval_jobs.config import JobConfig
 from eval_jobs.fingerprint import sample_fingerprint
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.run import run_job
+from eval_jobs.evaluation import run_job
 from eval_jobs.store import RunDir, matching, plan_resume
 from eval_jobs.sweep.checkpoints import from_path
 from eval_jobs.sweep.scheduler import checkpoint_identity_of

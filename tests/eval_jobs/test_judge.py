@@ -131,7 +131,7 @@ def test_shipped_evaluator_packages_are_installed() -> None:
 def test_report_shows_the_dataset_that_could_not_be_scored(tmp_path, data_dir) -> None:
     from eval_jobs.records import SampleResult
     from eval_jobs.report import write_report
-    from eval_jobs.run import score
+    from eval_jobs.evaluation import score
     from eval_jobs.store import RunDir
 
     [demo] = load_datasets(DEMO_CONFIG, data_dir=data_dir)

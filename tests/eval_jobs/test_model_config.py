@@ -12,7 +12,7 @@ from eval_jobs.config import EvalConfig
 from eval_jobs.datasets import load_dataset
 from eval_jobs.demo_dataset import DEMO_CONFIG
 from eval_jobs.model_config import load_model_config
-from eval_jobs.run import build_requests
+from eval_jobs.evaluation import build_requests
 
 COMPLETIONS_WITH_TEMPLATE = """\
 from ais_bench.benchmark.models import VLLMCustomAPI

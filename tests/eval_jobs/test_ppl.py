@@ -18,7 +18,7 @@ from eval_jobs.config import JobConfig
 from eval_jobs.coverage.data_files import write_data_files
 from eval_jobs.ppl import choose, perplexity, ppl_request, reuse_parts, send_ppl
 from eval_jobs.records import SampleKey
-from eval_jobs.run import run_job
+from eval_jobs.evaluation import run_job
 from eval_jobs.store import RunDir, SampleStore
 from shared import API_KEY, engine_requests
 

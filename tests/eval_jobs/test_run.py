@@ -20,7 +20,7 @@ import yaml
 
 from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig, load_job_config
-from eval_jobs.run import exit_code, run_job
+from eval_jobs.evaluation import exit_code, run_job
 from eval_jobs.store import RunDir, SampleStore
 from shared import API_KEY, engine_requests
 

@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from eval_jobs.records import SampleKey, SampleRequest
-from eval_jobs.run import data_plane
+from eval_jobs.evaluation import data_plane
 from eval_jobs.work import ClientSettings
 from serve_apps.config import EngineConfig, ModelConfig
 from shared import API_KEY, distribute_with_fault

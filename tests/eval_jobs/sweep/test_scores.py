@@ -12,7 +12,7 @@ import pandas as pd
 
 from eval_jobs.datasets import load_datasets
 from eval_jobs.records import SampleResult
-from eval_jobs.run import score
+from eval_jobs.evaluation import score
 from eval_jobs.scoring import summarize
 from eval_jobs.sweep.scheduler import EventLog
 from eval_jobs.sweep.scores import CheckpointScorer

@@ -1,0 +1,280 @@
+"""One evaluation as a library: `run_job(job)` runs (or resumes) it and returns its summary table. The entry point is
+`eval_jobs.run` (`python -m eval_jobs.run CONFIG.yaml`, the same locally and under `ray job submit`); the sweep and
+the benchmarks call these functions directly.
+
+config → cluster (connect) → serve (deploy the job's checkpoints, if any) → eval (queue + client actors, durable
+store) → report (AISBench scoring, pandas summary). Running again on the same output directory resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cluster.connection import ray_session
+from cluster.errors import ConfigError, HostLostError
+from eval_jobs.client import SERVE_SCHEME, serve_endpoint
+from eval_jobs.config import EvalConfig, JobConfig
+from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
+from eval_jobs.model_config import load_model_config
+from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.ppl import ppl_request, reuse_parts
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+from eval_jobs.provenance import provenance
+from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
+from eval_jobs.scoring import judge_frame, summarize
+from eval_jobs.store import ResumePlan, RunDir, SampleStore, matching, plan_resume
+from eval_jobs.trackers import check_installed, open_trackers
+from eval_jobs.viewer import write_viewer
+from eval_jobs.work import ClientSettings, distribute
+
+log = logging.getLogger("evalcluster.eval")
+
+
+def build_requests(
+    cfg: EvalConfig, endpoints: dict[str, str], datasets: list[EvalDataset],
+    identities: dict[str, str] | None = None,
+) -> list[SampleRequest]:
+    """Every sample of the run (`endpoints`: model → where its requests go), dataset rows in order, repeats of a
+    row together. With `identities` (model → checkpoint identity) each request carries its fingerprint."""
+    requests = []
+    defaults = aisbench_request_defaults(cfg.aisbench_model)
+    # AISBench sends each prompt num_return_sequences times (its model config's repeats), each dataset row n times.
+    model_repeats = load_model_config(cfg.aisbench_model).num_return_sequences or 1
+    for model, endpoint in endpoints.items():
+        for ds in datasets:
+            rows = range(min(len(ds), cfg.limit or len(ds)))
+            for index in rows:
+                row_limit = ds.max_out_lens[index] if ds.max_out_lens else None
+                row = {"row": ds.rows[index] if index < len(ds.rows) else None, "reference": ds.references[index]}
+                for repeat in range(cfg.num_repeats or ds.n * model_repeats):
+                    key = SampleKey(model, ds.name, index, repeat)
+                    fields = {"model": model, **cfg.generation.request_fields(repeat, row_limit, defaults)}
+                    if ds.ppl_options is not None:  # a question of a PPL dataset: one request per option
+                        request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
+                    else:
+                        request = SampleRequest(key=key, endpoint=endpoint, body={**ds.request_input(index), **fields})
+                    if identities is not None:
+                        request.fingerprint = sample_fingerprint(request.body, row, identities[model])
+                    requests.append(request)
+    return requests
+
+
+def client_settings(cfg: EvalConfig) -> ClientSettings:
+    return ClientSettings(
+        concurrency=cfg.concurrency, lease_size=cfg.lease_size, timeout_s=cfg.timeout_s,
+        first_token_timeout_s=cfg.first_token_timeout_s, max_request_s=cfg.max_request_s,
+        max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+        api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+    )
+
+
+def served_models(endpoint: str, api_key: str | None) -> list[str]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
+    try:
+        response = httpx.get(url, headers=headers, timeout=30.0, trust_env=False)
+        response.raise_for_status()
+        return [card["id"] for card in response.json()["data"]]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise ConfigError(f"eval.endpoint: cannot list models at {url}: {exc}") from None
+
+
+def output_dir(output: str) -> Path:
+    """A relative `eval.output` is taken from $EVALCLUSTER_RUNS_ROOT (set by `cluster up` for its jobs), else from
+    the current directory."""
+    path = Path(output).expanduser()
+    return path if path.is_absolute() else Path(os.environ.get("EVALCLUSTER_RUNS_ROOT", ".")) / path
+
+
+def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.DataFrame:
+    """The per-sample frame with AISBench's verdict on every sample (`scoring.judge_frame`): each dataset is
+    scored on its own, one its evaluator cannot score is reported as failed, the others are not lost."""
+    return judge_frame(samples_frame(records), datasets)
+
+
+def data_plane(model: str) -> str:
+    """Where a job sends `model`'s requests when this cluster serves it: its engine supervisors, by Serve handle."""
+    from serve_apps.ingress import engine_app_name
+
+    return serve_endpoint(engine_app_name(model))
+
+
+def own_endpoint_models(url: str) -> list[str] | None:
+    """The models this cluster serves if `url` is this cluster's own endpoint (its Serve proxy's port), else None.
+
+    Then the job uses the data plane instead of the URL: the URL's loopback host exists only on the head, and every
+    request through it would pass the one proxy and ingress that all replicas share."""
+    from ray.serve.context import _get_global_client
+
+    from serve_apps.endpoint import Endpoint
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None or urllib.parse.urlsplit(url).port != client.http_config.port:
+        return None
+    return Endpoint.served_models()
+
+
+@contextlib.contextmanager
+def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool]]:
+    """(model → where its requests go, simulated): the job's own deployment, or the endpoint it was given."""
+    cfg = job.eval
+    if job.serve is None or not job.serve.models:
+        own = own_endpoint_models(cfg.endpoint) if cfg.transport != "http" else None
+        if own is not None:
+            missing = sorted(set(cfg.models) - set(own))
+            if missing:
+                raise ConfigError(f"eval.models: {missing} are not served at {cfg.endpoint} (it serves {own})")
+            yield {m: data_plane(m) for m in cfg.models or own}, False
+            return
+        api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        yield {m: cfg.endpoint for m in cfg.models or served_models(cfg.endpoint, api_key)}, False
+        return
+    from serve_apps.endpoint import Endpoint
+
+    names = [m.name for m in job.serve.models]
+    unknown = sorted(set(cfg.models) - set(names))
+    if unknown:
+        raise ConfigError(f"eval.models: {unknown} are not among serve.models {names}")
+    endpoint = Endpoint(job.serve).start()
+    try:
+        route = (lambda m: endpoint.url) if cfg.transport == "http" else data_plane
+        yield {m: route(m) for m in cfg.models or names}, job.serve.engine.kind == "sim"
+    finally:
+        for model in job.serve.models:
+            with contextlib.suppress(Exception):
+                endpoint.remove_model(model.name)
+
+
+def run_job(job: JobConfig) -> pd.DataFrame:
+    """Run (or resume) one evaluation; returns the summary table also written to the run directory."""
+    cfg = job.eval
+    check_installed(cfg.trackers)  # before anything starts
+    datasets = {ds.name: ds for name in cfg.datasets
+                for ds in load_datasets(name, cfg.data_dir, cfg.aisbench_model)}
+    run_dir = RunDir(output_dir(cfg.output)).create()
+    write_config(run_dir, job)
+    store = SampleStore(run_dir.samples_jsonl)
+
+    with ray_session(job.cluster), endpoints_for(job) as (endpoints, simulated):
+        if job.serve is not None and job.serve.api_key and not cfg.api_key:
+            cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
+        api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        requests = build_requests(cfg, endpoints, list(datasets.values()), checkpoint_identities(endpoints, api_key))
+        plan = plan_resume(requests, store.latest())
+        record_run(run_dir, plan)
+        log.info("%d samples: %s; to %s", len(requests), plan.summary(), sorted(set(endpoints.values())))
+        lost: HostLostError | None = None
+        with progress_bar(len(requests), plan.reused) as on_results:
+            def record(results: list[SampleResult]) -> None:
+                store.append(results)  # durable first; only then does a sample count
+                on_results(results)
+
+            try:
+                todo = reuse_parts(plan.todo, store.latest())  # a failed PPL question keeps its answered options
+                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+            except HostLostError as exc:
+                lost = exc  # the report of what finished is written first; a rerun resumes
+
+    records = matching(store.latest(), requests)
+    origin = provenance(requests, checkpoints_of(job, endpoints), {n: d.config_name for n, d in datasets.items()},
+                        library_versions())
+    if simulated:
+        frame = samples_frame(records)
+        table = write_report(run_dir, frame, None, simulated=True, config=job, origin=origin)
+    else:
+        frame = score(records, datasets)
+        table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job, origin=origin)
+    write_viewer(run_dir, with_references(frame, datasets), origin,
+                 title="evalcluster samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
+    trackers = open_trackers(cfg.trackers, tracker_logdir(cfg.logdir, run_dir), run_dir.root)
+    try:
+        trackers.log(table, steps={})
+    finally:
+        trackers.close()
+    print_summary(table, simulated=simulated)
+    print(f"{len(requests)} samples: {plan.summary()}")
+    print(f"report: {run_dir.root.resolve()}")
+    if lost is not None:
+        raise lost
+    return table
+
+
+def with_references(frame: pd.DataFrame, datasets: dict[str, EvalDataset]) -> pd.DataFrame:
+    """The per-sample frame with each row's reference answer (as the dataset file has it), for the viewer."""
+    refs = [datasets[d].references[i] if d in datasets and i < len(datasets[d].references) else None
+            for d, i in zip(frame["dataset"], frame["index"])] if len(frame) else []
+    return frame.assign(reference=refs)
+
+
+def checkpoints_of(job: JobConfig, endpoints: dict[str, str]) -> dict[str, dict]:
+    """Served name → where its weights are (the job's own checkpoints), or the endpoint that served it."""
+    if job.serve is not None and job.serve.models:
+        return {m.name: {"path": m.model} for m in job.serve.models if m.name in endpoints}
+    return {name: {"path": f"served at {job.eval.endpoint}"} for name in endpoints}
+
+
+def tracker_logdir(logdir: str | None, run_dir: RunDir) -> Path:
+    return Path(logdir).expanduser() if logdir else run_dir.root / "tensorboard"
+
+
+def record_run(run_dir: RunDir, plan: ResumePlan) -> None:
+    """Keep this run's config beside the earlier ones (config.yaml is only the latest) and a line saying what it
+    reused and sent: a directory run with several configs shows which answers came from which."""
+    run_dir.configs_dir.mkdir(exist_ok=True)
+    number = len(list(run_dir.configs_dir.glob("run-*.yaml"))) + 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = run_dir.configs_dir / f"run-{number:03d}-{stamp}.yaml"
+    shutil.copyfile(run_dir.config_yaml, kept)
+    line = {"run": number, "started": stamp, "config": str(kept.relative_to(run_dir.root)), "reused": plan.reused,
+            "sent": len(plan.todo), "new": plan.new, "changed": plan.changed, "failed_before": plan.failed}
+    with run_dir.runs_jsonl.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def serving_watch(endpoints: dict[str, str]):
+    """What notices a host loss that strands the checkpoints this cluster serves (None for outside endpoints)."""
+    own = [model for model, endpoint in endpoints.items() if endpoint.startswith(SERVE_SCHEME)]
+    if not own:
+        return None
+    from serve_apps.health import ServingWatch
+
+    return ServingWatch(own).check
+
+
+def exit_code(table: pd.DataFrame) -> int:
+    """1 when some samples failed (the report is partial; running again retries them), else 0."""
+    failed = int(table.drop_duplicates(["model", "dataset"])["failures"].fillna(0).sum())
+    if failed:
+        print(f"{failed} samples failed; run the same command again to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, already: int):
+    """A progress bar of finished samples: done/total, rate, failures and ETA."""
+    columns = [TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.2f} samples/s"), TextColumn("failed {task.fields[failed]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("eval", total=total, completed=already, failed=0, rate=0.0)
+        failed = 0
+
+        def on_results(results: list[SampleResult]) -> None:
+            nonlocal failed
+            failed += sum(r.status != "ok" for r in results)
+            progress.update(task, advance=len(results), failed=failed, rate=progress.tasks[0].speed or 0.0)
+
+        yield on_results
