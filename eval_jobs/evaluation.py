@@ -32,8 +32,9 @@ from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.provenance import provenance
-from eval_jobs.report import library_versions, print_summary, samples_frame, write_config, write_report
+from eval_jobs.provenance import library_versions, provenance
+from eval_jobs.report import print_summary, write_config, write_report
+from eval_jobs.tables import samples_frame
 from eval_jobs.scoring import judge_frame, summarize
 from eval_jobs.store import ResumePlan, RunDir, SampleStore, matching, plan_resume
 from eval_jobs.trackers import check_installed, open_trackers

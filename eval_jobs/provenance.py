@@ -4,7 +4,9 @@ actually sent, versions, and when."""
 from __future__ import annotations
 
 import html
+import importlib.metadata
 import json
+import platform
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,3 +58,26 @@ def provenance_md(origin: Mapping[str, Any] | None) -> list[str]:
 
 def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+
+
+# Distribution names recorded in versions.json, by the key they are recorded under.
+VERSIONED_PACKAGES = {
+    "evalcluster": "evalcluster", "ray": "ray", "ais_bench": "ais-bench-benchmark", "pandas": "pandas",
+    "torch": "torch", "numpy": "numpy", "pyarrow": "pyarrow", "httpx": "httpx", "pydantic": "pydantic",
+}  # fmt: skip
+
+
+def library_versions(engine_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Python, platform and the versions of the libraries a score depends on (None: not installed here).
+
+    The engine (vLLM / vllm-mindspore) lives in its own environment: pass what it reports as `engine_info`.
+    """
+    versions: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for key, dist in VERSIONED_PACKAGES.items():
+        try:
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[key] = None
+    versions["engine"] = dict(engine_info) if engine_info else None
+    versions["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return versions

@@ -1,5 +1,5 @@
-"""Reports of a run: per-sample Parquet, summary CSV / Markdown / self-contained HTML with plots, config and
-library versions.
+"""Reports of a run, rendered and written: per-sample Parquet, summary CSV / Markdown / self-contained HTML with
+plots, the console summary, config and library versions. The numbers come from `tables.py`.
 
     samples = samples_frame(store.load())                    # + `correct`/`extracted` columns from scoring
     table = write_report(run, samples, summarize(samples), config=cfg)
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib.metadata
 import io
 import json
 import math
 import os
-import platform
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +33,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cluster.secrets import redact
-from eval_jobs.provenance import provenance_html, provenance_md
-from eval_jobs.reasoning import mark_reasoning
-from eval_jobs.records import SampleResult
+from eval_jobs.provenance import library_versions, provenance_html, provenance_md
 from eval_jobs.store import RunDir
+from eval_jobs.tables import GROUP, PERF_COLUMNS, SAMPLE_SCORE_COLUMNS, perf_frame, summary_table
 
-GROUP = ["model", "dataset"]
-# Per-sample columns scoring adds; dropped from a simulated run's samples.parquet.
-SAMPLE_SCORE_COLUMNS = ["correct", "score", "extracted"]
-PERF_COLUMNS = [
-    "requests", "failures", "truncated_share", "cut_in_reasoning", "reasoning_tokens_p50", "answer_tokens_p50",
-    "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s", "output_tok_per_s", "req_per_s", "wall_s",
-]  # fmt: skip
 # What print_summary shows, under which short header, when present (the files carry every column).
 PRINTED_SCORES = {
     "model": "model", "dataset": "dataset", "metric": "metric", "source": "from", "value": "score", "ci": "CI",
@@ -64,83 +54,6 @@ SIMULATED_BANNER = (
     "SIMULATED ENGINE: this run was answered by the simulated-latency engine (an orchestration benchmark). "
     "Its outputs are not model outputs, so no scores are reported; only the performance columns are real."
 )
-# Distribution names recorded in versions.json, by the key they are recorded under.
-VERSIONED_PACKAGES = {
-    "evalcluster": "evalcluster", "ray": "ray", "ais_bench": "ais-bench-benchmark", "pandas": "pandas",
-    "torch": "torch", "numpy": "numpy", "pyarrow": "pyarrow", "httpx": "httpx", "pydantic": "pydantic",
-}  # fmt: skip
-
-
-def samples_frame(results: Iterable[SampleResult]) -> pd.DataFrame:
-    """Store records as a frame: one row per record, every SampleResult field plus `tpot_s`."""
-    columns = [*SampleResult.model_fields, "tpot_s"]
-    df = pd.DataFrame([{**r.model_dump(), "tpot_s": r.tpot_s} for r in results], columns=columns)
-    # Explicit numeric dtypes: an all-None column (no usage reported, nothing answered yet) stays numeric.
-    # Text columns keep the installed pandas' default string dtype.
-    for col in ("index", "repeat", "attempts"):
-        df[col] = df[col].astype("int64")
-    for col in ("prompt_tokens", "completion_tokens", "reasoning_tokens"):
-        df[col] = df[col].astype("Int64")
-    for col in ("ttft_s", "latency_s", "tpot_s", "started_at", "finished_at"):
-        df[col] = df[col].astype("float64")
-    return mark_reasoning(df)
-
-
-def perf_frame(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per model × dataset: requests, failures, TTFT / TPOT percentiles (s), output tokens/s, ok requests/s.
-
-    Throughputs divide by `wall_s`, the time during which at least one of the group's requests was in flight,
-    so the gap between a crashed run and its resume doesn't count.
-    """
-    rows = []
-    for (model, dataset), g in samples.groupby(GROUP, sort=True):
-        ok = g[g["status"] == "ok"]
-        ttft = ok["ttft_s"].astype("float64").dropna()
-        tpot = _tpot(ok).dropna()
-        end = g["finished_at"] if "finished_at" in g else pd.Series(np.nan, index=g.index)
-        wall = _busy_seconds(g["started_at"], end.fillna(g["started_at"] + g["latency_s"]))
-        tokens = float(ok["completion_tokens"].fillna(0).sum())
-        rows.append({
-            "model": model, "dataset": dataset,
-            "requests": len(g), "failures": int((g["status"] != "ok").sum()),
-            "truncated_share": _share_cut_by_length(ok),
-            "cut_in_reasoning": int(ok["cut_in_reasoning"].sum()) if "cut_in_reasoning" in ok else 0,
-            "reasoning_tokens_p50": _q(_tokens(ok, "reasoning_tokens"), 0.5),
-            "answer_tokens_p50": _q(_tokens(ok, "answer_tokens"), 0.5),
-            "ttft_p50_s": _q(ttft, 0.5), "ttft_p90_s": _q(ttft, 0.9), "ttft_p99_s": _q(ttft, 0.99),
-            "tpot_p50_s": _q(tpot, 0.5), "tpot_p90_s": _q(tpot, 0.9),
-            "output_tok_per_s": tokens / wall if wall > 0 else math.nan,
-            "req_per_s": len(ok) / wall if wall > 0 else math.nan,
-            "wall_s": wall,
-        })  # fmt: skip
-    return pd.DataFrame(rows, columns=GROUP + PERF_COLUMNS)
-
-
-def _share_cut_by_length(ok: pd.DataFrame) -> float:
-    """Share of answered samples the engine stopped at the length limit (OpenAI finish_reason "length")."""
-    if not len(ok) or "finish_reason" not in ok:
-        return math.nan
-    return float((ok["finish_reason"] == "length").fillna(False).mean())
-
-
-def _tokens(ok: pd.DataFrame, column: str) -> pd.Series:
-    return ok[column].astype("float64").dropna() if column in ok else pd.Series(dtype="float64")
-
-
-def summary_table(summary: pd.DataFrame | None, perf: pd.DataFrame, simulated: bool = False) -> pd.DataFrame:
-    """The reported table: one row per model × dataset × metric, the group's perf columns alongside.
-
-    Outer join: a model × dataset whose samples all failed still gets a row (no metric), so failures show.
-    Simulated: perf rows only, marked `simulated`, with every score column left out.
-    """
-    if simulated or summary is None or not set(GROUP) <= set(summary.columns):
-        table = perf.copy()
-        if simulated:
-            table.insert(len(GROUP), "simulated", True)
-        return table
-    # The scorer's failure count is the one reported; perf's would be the same number twice.
-    perf = perf.drop(columns=[c for c in perf.columns if c in summary.columns and c not in GROUP])
-    return summary.merge(perf, on=GROUP, how="outer", sort=False).reset_index(drop=True)
 
 
 def human_sections(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -222,22 +135,6 @@ def write_config(run_dir: RunDir, config: Mapping[str, Any] | BaseModel) -> Path
     return run_dir.config_yaml
 
 
-def library_versions(engine_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Python, platform and the versions of the libraries a score depends on (None: not installed here).
-
-    The engine (vLLM / vllm-mindspore) lives in its own environment: pass what it reports as `engine_info`.
-    """
-    versions: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
-    for key, dist in VERSIONED_PACKAGES.items():
-        try:
-            versions[key] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[key] = None
-    versions["engine"] = dict(engine_info) if engine_info else None
-    versions["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return versions
-
-
 def write_versions(run_dir: RunDir, engine_info: Mapping[str, Any] | None = None) -> Path:
     """Write `library_versions(engine_info)` to versions.json."""
     text = json.dumps(library_versions(engine_info), indent=2, default=str) + "\n"
@@ -297,27 +194,6 @@ def rich_table(title: str, df: pd.DataFrame, headers: Mapping[str, str], caption
     for row in df[shown].itertuples(index=False):
         out.add_row(*(format_cell(v) for v in row))
     return out
-
-
-def _tpot(ok: pd.DataFrame) -> pd.Series:
-    """Seconds per output token after the first (as SampleResult.tpot_s), from the frame's columns."""
-    tokens = ok["completion_tokens"].astype("float64")
-    tpot = (ok["latency_s"].astype("float64") - ok["ttft_s"].astype("float64")) / (tokens - 1)
-    return tpot.where(tokens >= 2)
-
-
-def _q(values: pd.Series, q: float) -> float:
-    return float(values.quantile(q)) if len(values) else math.nan
-
-
-def _busy_seconds(starts: pd.Series, ends: pd.Series) -> float:
-    """Length of the union of the [start, end] intervals (NaNs dropped)."""
-    spans = sorted((s, e) for s, e in zip(starts, ends) if not (pd.isna(s) or pd.isna(e)))
-    total, reach = 0.0, -math.inf  # reach: the latest end seen so far; spans come sorted by start
-    for s, e in spans:
-        total += max(0.0, e - max(s, reach))  # only the part not already covered counts
-        reach = max(reach, e)
-    return float(total)
 
 
 def _parquet_bytes(samples: pd.DataFrame) -> bytes:

@@ -1,7 +1,7 @@
 """Scores where RL teams already look: scalars at each checkpoint's training step, in their experiment trackers.
 
     trackers = open_trackers(["tensorboard"], logdir, run_dir)
-    trackers.log(table, steps={"step_400": 400})   # rows of eval_jobs.report.summary_table
+    trackers.log(table, steps={"step_400": 400})   # rows of eval_jobs.tables.summary_table
     trackers.close()
 
 Each checkpoint's row becomes scalars `<dataset>/<metric>` (and `_ci_low` / `_ci_high`) plus `perf/<dataset>/…`

@@ -23,8 +23,8 @@ import pandas as pd
 from cluster.connection import ray_session
 from cluster.errors import run_command
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.report import library_versions, print_summary, write_config, write_report
-from eval_jobs.provenance import provenance
+from eval_jobs.report import print_summary, write_config, write_report
+from eval_jobs.provenance import library_versions, provenance
 from eval_jobs.evaluation import build_requests, output_dir, tracker_logdir, with_references
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer

@@ -32,7 +32,7 @@ import pandas as pd
 
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleResult
-from eval_jobs.report import samples_frame
+from eval_jobs.tables import samples_frame
 from eval_jobs.evaluation import score
 from eval_jobs.scoring import EVALUATOR_METRICS, SCORING_ERRORS, summarize
 

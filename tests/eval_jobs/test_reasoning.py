@@ -12,7 +12,7 @@ from eval_jobs.datasets import EvalDataset, load_dataset
 from eval_jobs.demo_dataset import DEMO_CONFIG
 from eval_jobs.judge import judge
 from eval_jobs.records import SampleResult
-from eval_jobs.report import perf_frame, samples_frame
+from eval_jobs.tables import perf_frame, samples_frame
 from eval_jobs.scoring import judge_frame
 
 

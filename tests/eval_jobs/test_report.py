@@ -14,14 +14,8 @@ import yaml
 from rich.console import Console
 
 from eval_jobs.records import SampleResult
-from eval_jobs.report import (
-    SIMULATED_BANNER,
-    markdown_table,
-    perf_frame,
-    print_summary,
-    samples_frame,
-    write_report,
-)
+from eval_jobs.report import SIMULATED_BANNER, markdown_table, print_summary, write_report
+from eval_jobs.tables import perf_frame, samples_frame
 from eval_jobs.store import RunDir
 
 

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cluster.errors import ConfigError
-from eval_jobs.report import perf_frame, summary_table
+from eval_jobs.tables import perf_frame, summary_table
 from eval_jobs.scoring import summarize
 from eval_jobs.trackers import check_installed, open_trackers, step_of
 
