@@ -27,7 +27,8 @@ from cluster.connection import ray_session
 from cluster.errors import ConfigError, HostLostError
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig
-from eval_jobs.datasets import EvalDataset, aisbench_request_defaults, load_datasets
+from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.prompts import aisbench_request_defaults
 from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.ppl import ppl_request, reuse_parts

@@ -9,7 +9,7 @@ Names are found the way `ais_bench --models` finds them (AISBench's own `match_c
 `configs/models/` and AISBench's shipped `configs/models/`); a path is a user's own copy. The config is read with
 mmengine's `Config.fromfile`, as AISBench reads it, and the model class it names is AISBench's: its template parser
 (`meta_template`) and `get_request_body` turn each dataset row into the messages or the prompt string `ais_bench`
-would post (`eval_jobs.datasets.render`). Only the OpenAI-compatible vLLM API classes are taken: evalcluster sends
+would post (`eval_jobs.prompts.render`). Only the OpenAI-compatible vLLM API classes are taken: evalcluster sends
 the requests itself, so a config for another server kind (TGI, Triton, MindIE, a local HF model) is refused by name.
 The config's host, port, url, api_key and batch_size are where and how hard `ais_bench` sends: evalcluster takes
 those from `eval.endpoint`, `eval.api_key` and `eval.concurrency` instead. It always streams (to measure time to

@@ -60,7 +60,7 @@ def render_options(dataset: Any, infer_cfg: Any) -> tuple[list[str], list[list[l
     retriever's (the prompt template's keys); they are returned as strings, the form every prediction takes."""
     from ais_bench.benchmark.models.output import RequestOutput
 
-    from eval_jobs.datasets import _run_sync, retriever_for
+    from eval_jobs.prompts import _run_sync, retriever_for
     from eval_jobs.model_config import load_model_config
 
     retriever = retriever_for(dataset, infer_cfg)
