@@ -117,14 +117,23 @@ def _config_files() -> list[tuple[str, Path]]:
     return found
 
 
+def given_config_file(name_or_path: str | Path, not_found: str) -> Path | None:
+    """The file `name_or_path` names if it is a path (ends in .py or has a directory), as AISBench takes config
+    arguments; None for a bare name. A path to no file raises ConfigError(`not_found`)."""
+    text = str(name_or_path)
+    if not (text.endswith(".py") or os.sep in text):
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(not_found)
+    return path.resolve()
+
+
 def resolve_config(name_or_path: str | Path) -> Path:
     """The config file for a dataset config name or path; unknown names get close matches suggested."""
     text = str(name_or_path)
-    if text.endswith(".py") or os.sep in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{text}: dataset config file not found")
-        return path.resolve()
+    if (path := given_config_file(text, f"{text}: dataset config file not found")) is not None:
+        return path
     files = _config_files()
     # AISBench matches names case-insensitively (utils/file/file.py:match_files), first match wins.
     for name, path in files:

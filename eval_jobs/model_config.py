@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -81,16 +80,13 @@ class ModelConfig:
 
 def resolve_model_config(name_or_path: str | Path) -> Path:
     """The config file of a model config name (as `ais_bench --models NAME`) or path."""
-    text = str(name_or_path)
-    if text.endswith(".py") or os.sep in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"eval.model_config = {text!r}: model config file not found")
-        return path.resolve()
     from ais_bench.benchmark.utils.file.file import match_cfg_file
 
-    from eval_jobs.datasets import shipped_configs_dir
+    from eval_jobs.datasets import given_config_file, shipped_configs_dir
 
+    text = str(name_or_path)
+    if (path := given_config_file(text, f"eval.model_config = {text!r}: model config file not found")) is not None:
+        return path
     roots = [str(d) for d in (REPO_MODEL_CONFIGS, shipped_configs_dir() / "models") if d.is_dir()]
     try:
         [(_, found)] = match_cfg_file(roots, [text])[:1]

@@ -31,6 +31,16 @@ from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 logger = logging.getLogger(__name__)
 
 
+class _InRunDir:
+    """A file of the run directory, by its name: `run_dir.samples_jsonl` is `run_dir.root / "samples.jsonl"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunDir | None, owner: type | None = None) -> Path:
+        return Path(self.name) if run is None else run.root / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Names the files inside one run directory; the only place those names are spelled."""
@@ -45,47 +55,16 @@ class RunDir:
         self.plots_dir.mkdir(parents=True, exist_ok=True)
         return self
 
-    @property
-    def samples_jsonl(self) -> Path:
-        return self.root / "samples.jsonl"
-
-    @property
-    def samples_parquet(self) -> Path:
-        return self.root / "samples.parquet"
-
-    @property
-    def summary_csv(self) -> Path:
-        return self.root / "summary.csv"
-
-    @property
-    def summary_md(self) -> Path:
-        return self.root / "summary.md"
-
-    @property
-    def summary_html(self) -> Path:
-        return self.root / "summary.html"
-
-    @property
-    def config_yaml(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def versions_json(self) -> Path:
-        return self.root / "versions.json"
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.root / "plots"
-
-    @property
-    def configs_dir(self) -> Path:
-        """Every config the directory was run with, one file per run (config.yaml is the latest)."""
-        return self.root / "configs"
-
-    @property
-    def runs_jsonl(self) -> Path:
-        """One line per run: when, which config, how many samples were reused and how many sent."""
-        return self.root / "runs.jsonl"
+    samples_jsonl = _InRunDir("samples.jsonl")
+    samples_parquet = _InRunDir("samples.parquet")
+    summary_csv = _InRunDir("summary.csv")
+    summary_md = _InRunDir("summary.md")
+    summary_html = _InRunDir("summary.html")
+    config_yaml = _InRunDir("config.yaml")
+    versions_json = _InRunDir("versions.json")
+    plots_dir = _InRunDir("plots")
+    configs_dir = _InRunDir("configs")  # every config the directory was run with, one file per run
+    runs_jsonl = _InRunDir("runs.jsonl")  # a line per run: when, which config, how many reused and sent
 
 
 @dataclass(frozen=True)
