@@ -7,7 +7,7 @@ ratio against a peer measured minutes (or seconds, interleaved) apart mostly can
     python -m bench.client_rate         # requests/s the client actors sustain against an instant engine
     python -m bench.path_capacity       # CPU per request of every process on the HTTP, data-plane and bare paths
     python -m bench.scale               # wall time vs the engine-bound ideal, 1 to 32 replicas on 8 hosts
-    python -m bench.run [NAME ...]      # all of them (or the named), appending a dated table to bench/RESULTS.md
+    python -m bench.run [NAME ...]      # all of them (or the named), appending a dated table to bench/history/
 
 Add `--quick` (or BENCH_QUICK=1) for a reduced-scale smoke run. Nothing here asserts on time: targets are
 printed next to results, and a miss is a finding, not a failure.

@@ -27,7 +27,7 @@ from serve_apps.engine_process import free_port
 QUICK = "--quick" in sys.argv[1:] or os.environ.get("BENCH_QUICK") == "1"
 DATASET = "demo_arith_gen_0_shot_chat_prompt"
 SMOLLM2 = evalcluster_home() / "models" / "smollm2-135m-instruct"
-# float32: this AVX2-only CPU has no native bf16 and batches float32 ~2.5x faster (see RESULTS.md). That matters
+# float32: this AVX2-only CPU has no native bf16 and batches float32 ~2.5x faster (bench/history/2026-11-28.md). That matters
 # for run time, not for the ratios: both sides always share one engine and one dtype.
 DTYPE = "float32"
 ENGINE_PYTHON = EngineConfig().resolved_python()

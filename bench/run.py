@@ -1,5 +1,5 @@
 """`python -m bench.run [--quick] [NAME ...]`: run every benchmark (or the named ones), then append a dated table
-to bench/RESULTS.md.
+to bench/history/YYYY-MM-DD.md (bench/RESULTS.md holds the current figures, updated from it by hand).
 
 Each benchmark runs in its own process, as it would alone: its own Ray, its own engines, nothing left over from
 the previous one. A benchmark that fails is recorded as failed; the others still run.
@@ -22,7 +22,7 @@ from bench.common import ENGINE_PYTHON, QUICK, RESULTS_ENV
 
 BENCHMARKS = ("serving_overhead", "client_vs_peers", "client_rate", "path_capacity", "scale", "sweep_packing", "memory",
               "convert_memory")
-RESULTS_MD = Path(__file__).with_name("RESULTS.md")
+HISTORY_DIR = Path(__file__).with_name("history")
 
 
 def machine() -> str:
@@ -68,10 +68,12 @@ def main() -> int:
         lines.append(f"| {r['bench']} | {r['metric']} | {value} | {r['target']} | {r['verdict']} | {r['note']} |")
     for name in failed:
         lines.append(f"| {name} | FAILED (see its output) | | | | |")
-    with open(RESULTS_MD, "a") as f:
+    history = HISTORY_DIR / f"{stamp.split()[0]}.md"
+    history.parent.mkdir(exist_ok=True)
+    with open(history, "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"appended to {RESULTS_MD}")
+    print(f"appended to {history}; update the current figures in bench/RESULTS.md from it")
     return 1 if failed else 0
 
 

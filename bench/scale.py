@@ -54,7 +54,7 @@ SLOTS = 4  # the simulated engine's max_num_seqs
 # 1.35 s per request. 20 per slot: requests are handed to engines ahead of their slots (below), so when the
 # dataset runs out some engines hold one or two more than others (37-42 of 40 each at 16 replicas, measured), and
 # the ones with more run one extra request's time after the rest are idle. That end effect is one request's time
-# whatever the dataset's size: 10 % of a 10-per-slot run, 5 % of this one (RESULTS.md, 2026-11-29). The request
+# whatever the dataset's size: 10 % of a 10-per-slot run, 5 % of this one (bench/history/2026-11-29.md). The request
 # time itself only sets the run time (6 sizes must fit in minutes) and the request rate (128 slots / 1.35 s at 32
 # replicas: ~95 requests/s on 2 shared cores).
 TTFT_S, TPOT_S, TOKENS = 0.3, 0.15, 8
