@@ -7,7 +7,8 @@ ENGINE_VENV := .venv-engine
 PY := $(VENV)/bin/python
 ENGINE_PY := $(ENGINE_VENV)/bin/python
 TORCH := torch==2.13.0
-PYTEST_ARGS ?=
+# The slowest tests are listed at the end of every run: what to look at when the suite grows past its budget.
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: all env engine-env models demo demo-sweep test test-faults bench coverage clean-runs
 
