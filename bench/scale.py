@@ -35,7 +35,7 @@ from ray.util.state import list_actors  # noqa: E402
 
 from bench.common import QUICK, Result, eval_body, report  # noqa: E402
 from cluster.simulate import SimulatedCluster, simulated_cluster  # noqa: E402
-from eval_jobs.client import Transports, send_chat  # noqa: E402
+from eval_jobs.client import Bounds, Transports, send_chat  # noqa: E402
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult  # noqa: E402
 from eval_jobs.evaluation import data_plane  # noqa: E402
 from eval_jobs.work import ClientSettings, distribute  # noqa: E402
@@ -102,7 +102,7 @@ async def _static(shards: list[list[SampleRequest]]) -> tuple[float, int]:
         async def worker(shard: list[SampleRequest]) -> int:
             failed = 0
             for request in shard:
-                result = await send_chat(transports, request, timeout_s=600, max_retries=0, backoff_s=0)
+                result = await send_chat(transports, request, bounds=Bounds(idle_s=600), max_retries=0, backoff_s=0)
                 failed += result.status != "ok"
             return failed
 
