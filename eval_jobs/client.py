@@ -117,10 +117,13 @@ class Reply:
 class Transports:
     """Where requests go: one httpx pool for HTTP endpoints, one cached Serve handle per engine app."""
 
-    def __init__(self, concurrency: int, api_key: str | None = None) -> None:
+    def __init__(self, concurrency: int, api_key: str | None = None, *, router_on_this_loop: bool = False) -> None:
         self._http = make_client(concurrency)
         self._api_key = api_key
         self._handles: dict[str, Any] = {}
+        # Serve handles' routers on the caller's event loop: only for a loop that lives as long as the process (a
+        # client actor's). Serve caches handles per process and shuts their routers down on that loop.
+        self._router_on_this_loop = router_on_this_loop
 
     async def __aenter__(self) -> Transports:
         return self
@@ -177,10 +180,10 @@ class Transports:
         handle = self._handles.get(app_name)
         if handle is None:
             handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name)
-            # Serve's handles start their router on the first call; this is that call, made early. The router runs
-            # on the client's own event loop: in a thread of its own (Serve's default, for proxies and replicas)
-            # every request would cross threads twice, CPU a client with hundreds in flight does not have to spend.
-            handle._init(_run_router_in_separate_loop=False)
+            # Serve's handles start their router on the first call; this is that call, made early. In a client
+            # actor the router runs on its own event loop: in a thread of its own (Serve's default) every request
+            # would cross threads twice, CPU a client with hundreds in flight does not have to spend.
+            handle._init(_run_router_in_separate_loop=not self._router_on_this_loop)
             handle = self._handles[app_name] = handle.options(stream=True)
         return handle
 

@@ -164,7 +164,7 @@ class EvalClient:
         sent = 0
         in_flight: dict[asyncio.Task, SampleKey] = {}
         finished: list[SampleResult] = []
-        async with Transports(s.concurrency, s.api_key) as session:
+        async with Transports(s.concurrency, s.api_key, router_on_this_loop=True) as session:
             await session.warm_up(self._endpoints)
             renewed_at = time.monotonic()
             while True:
