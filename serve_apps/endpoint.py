@@ -168,8 +168,7 @@ class Endpoint:
 
     def remove_model(self, name: str) -> None:
         """Retire a checkpoint: its replicas stop and its engines are terminated."""
-        serve.delete(engine_app_name(name), _blocking=True)
-        self._models.pop(name, None)
+        self.remove_models([name])
 
     def remove_models(self, names: Iterable[str], timeout_s: float = 120.0) -> None:
         """Retire several checkpoints at once: Serve deletes them side by side instead of one after another."""
