@@ -6,18 +6,19 @@ environment variable as help.
 
 Every field has its full name, `--SECTION.FIELD[.SUBFIELD]` (`--serve.engine.platform`, `--eval.num-repeats`), in
 every command that reads that section, and the environment variable `EVALCLUSTER_SECTION__FIELD[__SUBFIELD]`
-(`cluster/configfile.py` reads those). A command's own section also has short names, the field's last part
-(`evalcluster eval --num-repeats`, `--temperature`), and older names are kept as aliases. Values are typed from the
-field: numbers and strings as such, `Literal` fields as choices, lists as several values, booleans as `--flag` /
-`--no-flag`, dicts as repeated `KEY=VALUE` (the value read as YAML: `enable_thinking=false` is a boolean), lists of
-mappings (`serve.models`, `sweep.checkpoints`) as one YAML value. Only flags given on the command line become
-overrides: file < environment < flags, and pydantic validates the result as it does a YAML file, naming field and
-value.
+(`cluster/configfile.py` reads those). A command's own section also has short names: the field's last part
+(`evalcluster eval --num-repeats`, `--temperature`), or its whole path where two fields share the last part
+(`--judge-endpoint`); older names are kept as aliases. Values are typed from the field: numbers and strings as
+such, `Literal` fields as choices, lists as several values, booleans as `--flag` / `--no-flag`, dicts as repeated
+`KEY=VALUE` (the value read as YAML: `enable_thinking=false` is a boolean), lists of mappings (`serve.models`,
+`sweep.checkpoints`) as one YAML value. Only flags given on the command line become overrides: file < environment
+< flags, and pydantic validates the result as it does a YAML file, naming field and value.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import typing
 from typing import Any, Literal
 
@@ -72,11 +73,13 @@ def add_config_flags(
     `aliases`: dotted field (`engine.platform`) → more names for its flag."""
     group = parser.add_argument_group(f"{section}: settings (each an `{section}:` field of the config file; "
                                       f"the flag wins over its environment variable, which wins over the file)")
-    for path, info in config_fields(model):
+    fields = list(config_fields(model))
+    leaves = collections.Counter(path[-1] for path, _ in fields)
+    for path, info in fields:
         dotted = SEP.join(path)
         flags = [*(aliases or {}).get(dotted, []), "--" + section + SEP + dotted.replace("_", "-")]
-        if short_names:
-            flags.insert(0, "--" + path[-1].replace("_", "-"))
+        if short_names:  # the last part, or the whole path where two fields share it (`--judge-endpoint`)
+            flags.insert(0, "--" + "-".join(path[-1:] if leaves[path[-1]] == 1 else path).replace("_", "-"))
         description = (info.description or "").replace("%", "%%")
         kwargs = _flag_kwargs(info.annotation)
         if "choices" not in kwargs and "metavar" not in kwargs and kwargs.get("action") is None:
