@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 import httpx
 import ray
 from ray import serve
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.errors import ClusterConnectionError, ConfigError, InfeasiblePlacementError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from cluster.watchdog import find_infeasible
+from serve_apps.builder import build_engine_app, build_ingress_app
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.errors import EngineStartupError, ModelNotFoundError, WaitCancelled
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name, served_model
