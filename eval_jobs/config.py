@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from cluster.configfile import StrictModel, load_config
-from cluster.secrets import check_secret_file, key_from_file_or_env
+from cluster.secrets import check_secret_file, key_from_file_or_env, read_secret_file
 from eval_jobs.model_config import DEFAULT_MODEL_CONFIG, resolve_model_config
 from serve_apps.config import ServeConfig
 
@@ -72,6 +72,41 @@ class GenerationConfig(StrictModel):
         return {**fields, **self.extra_body}
 
 
+class JudgeConfig(StrictModel):
+    """The model that judges the answers of datasets with an LLM judge (AISBench's `judge_infer_cfg`, e.g.
+    aime2025_gen_0_shot_llmjudge): a checkpoint this job's endpoint serves, or a model on another endpoint. Its
+    requests are samples too (eval_jobs/llm_judge.py); the prompt and the verdict's parsing are the dataset's."""
+
+    flag_prefix: ClassVar[str] = "judge-"  # its flags: --judge-model, --judge-endpoint, ... (eval's own are taken)
+
+    model: str = Field(description="Served model name of the judge: a checkpoint of this job's endpoint (or of "
+                       "`serve.models`), or of `endpoint` when that is set.")
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible base URL serving the judge, when it is not this job's endpoint; "
+        "reached over HTTP. None: the judge is reached as the job's own models are.",
+    )
+    api_key_file: str | None = Field(None, description="File holding the judge endpoint's key (mode 0600).")
+    api_key: SecretStr | None = Field(
+        None, validate_default=True, description="Bearer key for the judge's endpoint. Default: the key in "
+        "api_key_file, else the evaluated endpoint's key (eval.api_key) when the judge is on it.",
+    )
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig, description="Sampling of the judge's requests; what is unset is the "
+        "dataset's judge_model config's (aime2025 llmjudge: max_out_len 512, temperature 0.01).",
+    )
+
+    _key_file_ok = field_validator("api_key_file")(check_secret_file)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """The file's key if a file is named; no environment fallback (that one is the evaluated endpoint's)."""
+        path = info.data.get("api_key_file")
+        if value is not None and path:
+            raise ValueError("give the key or a key file, not both")
+        return SecretStr(read_secret_file(path)) if path else value
+
+
 class EvalConfig(StrictModel):
     """What to evaluate, against which endpoint, how hard to push it, and where results go."""
 
@@ -118,6 +153,10 @@ class EvalConfig(StrictModel):
     k: list[int] | None = Field(None, description="k values for pass@k / cons@k; default: powers of 2 up to n.")
     limit: int | None = Field(None, ge=1, description="Only the first LIMIT rows of each dataset (smoke runs).")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig | None = Field(
+        None, description="The judge of datasets whose answers an LLM judges (AISBench configs with "
+        "judge_infer_cfg, e.g. aime2025_gen_0_shot_llmjudge); required when such a dataset is evaluated.",
+    )
     clients: int = Field(2, ge=1, description="Client actors sharing the work queue.")
     concurrency: int = Field(16, ge=1, description="Requests each client keeps in flight.")
     lease_size: int = Field(4, ge=1, description="Samples a client takes from the queue at a time.")

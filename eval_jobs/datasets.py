@@ -82,6 +82,8 @@ class EvalDataset:
     # the first option's, for anything that shows one prompt per row).
     ppl_labels: list[str] | None = None
     ppl_options: list[list[list[dict[str, Any]]]] | None = None
+    # LLM-judged datasets (eval_jobs/llm_judge.py): the judge stage's dataset, infer and judge_model configs.
+    llm_judge: dict[str, Any] | None = None
 
     @property
     def is_ppl(self) -> bool:
@@ -243,7 +245,7 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None,
 
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None) -> EvalDataset:
-    from eval_jobs import ppl  # imports us
+    from eval_jobs import llm_judge, ppl  # import us
     from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
     abbr = str(dcfg.get("abbr", config_path.stem))
@@ -300,6 +302,7 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
         ppl_labels=labels,
         ppl_options=options,
         api=model.api,
+        llm_judge=llm_judge.judge_spec(dcfg, data_path),
     )
 
 

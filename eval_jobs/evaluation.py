@@ -9,6 +9,7 @@ store) → report (AISBench scoring, pandas summary). Running again on the same 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.prompts import aisbench_request_defaults
 from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.llm_judge import attach_judgements, judge_dataset_name, judge_requests
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import library_versions, provenance
@@ -101,10 +103,15 @@ def output_dir(output: str) -> Path:
     return path if path.is_absolute() else Path(os.environ.get("EVALCLUSTER_RUNS_ROOT", ".")) / path
 
 
-def score(records: list[SampleResult], datasets: dict[str, EvalDataset]) -> pd.DataFrame:
+def score(records: list[SampleResult], datasets: dict[str, EvalDataset],
+          judge_records: list[SampleResult] = ()) -> pd.DataFrame:
     """The per-sample frame with AISBench's verdict on every sample (`scoring.judge_frame`): each dataset is
-    scored on its own, one its evaluator cannot score is reported as failed, the others are not lost."""
-    return judge_frame(samples_frame(records), datasets)
+    scored on its own, one its evaluator cannot score is reported as failed, the others are not lost. Samples of
+    LLM-judged datasets are scored on their judge's answers (`judge_records`, eval_jobs/llm_judge.py)."""
+    frame = samples_frame(records)
+    if any(ds.llm_judge is not None for ds in datasets.values()):
+        frame = attach_judgements(frame, judge_records, datasets)
+    return judge_frame(frame, datasets)
 
 
 def data_plane(model: str) -> str:
@@ -130,19 +137,38 @@ def own_endpoint_models(url: str) -> list[str] | None:
 
 
 @contextlib.contextmanager
-def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool]]:
-    """(model → where its requests go, simulated): the job's own deployment, or the endpoint it was given."""
+def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool, str | None]]:
+    """(model → where its requests go, simulated, where the judge's go): the job's own deployment, or the endpoint
+    it was given. The judge (eval.judge) is on `eval.judge.endpoint` if set, else where the job's models are; with
+    `eval.models` empty every model served is evaluated but the judge."""
     cfg = job.eval
+    judge = cfg.judge.model if cfg.judge is not None and not cfg.judge.endpoint else None
+
+    def others(names: list[str]) -> list[str]:
+        return [m for m in names if m != judge]
+
+    def judged_at(route, names: list[str], where: str) -> str | None:
+        if cfg.judge is None:
+            return None
+        if cfg.judge.endpoint:
+            return cfg.judge.endpoint
+        if judge not in names:
+            raise ConfigError(f"eval.judge.model = {judge!r}: not served at {where} (it serves {names}); "
+                              "set eval.judge.endpoint for a judge elsewhere")
+        return route(judge)
+
     if job.serve is None or not job.serve.models:
         own = own_endpoint_models(cfg.endpoint) if cfg.transport != "http" else None
         if own is not None:
             missing = sorted(set(cfg.models) - set(own))
             if missing:
                 raise ConfigError(f"eval.models: {missing} are not served at {cfg.endpoint} (it serves {own})")
-            yield {m: data_plane(m) for m in cfg.models or own}, False
+            yield {m: data_plane(m) for m in cfg.models or others(own)}, False, judged_at(data_plane, own, cfg.endpoint)
             return
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
-        yield {m: cfg.endpoint for m in cfg.models or served_models(cfg.endpoint, api_key)}, False
+        listed = served_models(cfg.endpoint, api_key) if not cfg.models or judge else cfg.models
+        yield ({m: cfg.endpoint for m in cfg.models or others(listed)}, False,
+               judged_at(lambda m: cfg.endpoint, listed, cfg.endpoint))
         return
     from serve_apps.endpoint import Endpoint
 
@@ -150,10 +176,14 @@ def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool]]:
     unknown = sorted(set(cfg.models) - set(names))
     if unknown:
         raise ConfigError(f"eval.models: {unknown} are not among serve.models {names}")
+    if judge is not None and judge not in names:
+        raise ConfigError(f"eval.judge.model = {judge!r}: not among serve.models {names}; "
+                          "set eval.judge.endpoint for a judge elsewhere")
     endpoint = Endpoint(job.serve).start()
     try:
         route = (lambda m: endpoint.url) if cfg.transport == "http" else data_plane
-        yield {m: route(m) for m in cfg.models or names}, job.serve.engine.kind == "sim"
+        yield ({m: route(m) for m in cfg.models or others(names)}, job.serve.engine.kind == "sim",
+               judged_at(route, names, "serve.models"))
     finally:
         for model in job.serve.models:
             with contextlib.suppress(Exception):
@@ -166,11 +196,13 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     check_installed(cfg.trackers)  # before anything starts
     datasets = {ds.name: ds for name in cfg.datasets
                 for ds in load_datasets(name, cfg.data_dir, cfg.aisbench_model)}
+    check_judge(cfg, datasets)
     run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)
     store = SampleStore(run_dir.samples_jsonl)
 
-    with ray_session(job.cluster), endpoints_for(job) as (endpoints, simulated):
+    judge_plan: list[SampleRequest] = []
+    with ray_session(job.cluster), endpoints_for(job) as (endpoints, simulated, judge_endpoint):
         if job.serve is not None and job.serve.api_key and not cfg.api_key:
             cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
@@ -189,15 +221,18 @@ def run_job(job: JobConfig) -> pd.DataFrame:
                 distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
+        if judge_endpoint is not None and lost is None:
+            judge_plan = run_judge_stage(cfg, datasets, requests, judge_endpoint, store)
 
     records = matching(store.latest(), requests)
+    judge_records = matching(store.latest(), judge_plan)
     origin = provenance(requests, checkpoints_of(job, endpoints), {n: d.config_name for n, d in datasets.items()},
                         library_versions())
     if simulated:
         frame = samples_frame(records)
         table = write_report(run_dir, frame, None, simulated=True, config=job, origin=origin)
     else:
-        frame = score(records, datasets)
+        frame = score(records, datasets, judge_records)
         table = write_report(run_dir, frame, summarize(frame, cfg.k), config=job, origin=origin)
     write_viewer(run_dir, with_references(frame, datasets), origin,
                  title="evalcluster samples" + (" (SIMULATED ENGINE: not model outputs)" if simulated else ""))
@@ -212,6 +247,46 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     if lost is not None:
         raise lost
     return table
+
+
+def check_judge(cfg: EvalConfig, datasets: dict[str, EvalDataset]) -> None:
+    """An LLM-judged dataset needs eval.judge; the judge stage's dataset names must not be the run's own."""
+    judged = [ds for ds in datasets.values() if ds.llm_judge is not None]
+    if judged and cfg.judge is None:
+        ds = judged[0]
+        raise ConfigError(f"eval.datasets: {ds.config_name!r} ({ds.config_path}) has an LLM judge "
+                          "(judge_infer_cfg): set eval.judge.model (--judge-model) to the served model that judges "
+                          "its answers, and eval.judge.endpoint if another server serves it")
+    for ds in judged:
+        if judge_dataset_name(ds) in datasets:
+            raise ConfigError(f"eval.datasets: {judge_dataset_name(ds)!r} is both a dataset of this run and the "
+                              f"name of {ds.name!r}'s judge stage")
+
+
+def run_judge_stage(cfg: EvalConfig, datasets: dict[str, EvalDataset], requests: list[SampleRequest],
+                    endpoint: str, store: SampleStore) -> list[SampleRequest]:
+    """Judge every answered sample of the LLM-judged datasets (eval_jobs/llm_judge.py) through the same queue, client
+    actors and store; returns the judge requests (those judged before with the same inputs are not sent)."""
+    judge = cfg.judge
+    api_key = (judge.api_key or (cfg.api_key if not judge.endpoint else None))
+    key = api_key.get_secret_value() if api_key else None
+    identity = checkpoint_identities({judge.model: endpoint}, key)[judge.model]
+    answers = matching(store.latest(), requests)
+    judge_plan = []
+    for ds in datasets.values():
+        if ds.llm_judge is not None:
+            judge_plan += judge_requests(ds, judge, [r for r in answers if r.dataset == ds.name], endpoint, identity)
+    plan = plan_resume(judge_plan, store.latest())
+    log.info("%d judge requests (%s): %s", len(judge_plan), judge.model, plan.summary())
+    settings = dataclasses.replace(client_settings(cfg), api_key=key)
+    with progress_bar(len(judge_plan), plan.reused, label="judge") as on_results:
+        def record(results: list[SampleResult]) -> None:
+            store.append(results)  # durable first, as the answers
+            on_results(results)
+
+        distribute(plan.todo, settings, cfg.clients, record, watch=serving_watch({judge.model: endpoint}))
+    print(f"{len(judge_plan)} judge requests to {judge.model}: {plan.summary()}")
+    return judge_plan
 
 
 def with_references(frame: pd.DataFrame, datasets: dict[str, EvalDataset]) -> pd.DataFrame:
@@ -265,9 +340,9 @@ def exit_code(table: pd.DataFrame) -> int:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, already: int):
+def progress_bar(total: int, already: int, label: str = "eval"):
     """A progress bar of finished samples: done/total, rate, failures and ETA."""
-    columns = [TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.2f} samples/s"), TextColumn("failed {task.fields[failed]}"),
                TimeRemainingColumn()]
     with Progress(*columns, transient=False) as progress:

@@ -50,6 +50,8 @@ class ModelConfig:
     path: str  # the config file
     cfg: dict[str, Any] = field(repr=False)  # its `models[0]`
     api: Literal["chat", "completions"]
+    # A model dict inside another config (a dataset's `judge_infer_cfg.judge_model`), not a model config file.
+    embedded: bool = False
 
     @property
     def name(self) -> str:
@@ -75,7 +77,7 @@ class ModelConfig:
 
     def build(self) -> Any:
         """AISBench's model object for this config (rendering only: it sends nothing)."""
-        return _built_model(self.path)
+        return _construct(self.cfg, self.path) if self.embedded else _built_model(self.path)
 
 
 def resolve_model_config(name_or_path: str | Path) -> Path:
@@ -119,29 +121,38 @@ def _load(path: str) -> ModelConfig:
         raise ConfigError(f"{path}: a model config defines `models = [dict(...)]`; this one does not")
     if len(models) > 1:
         raise ConfigError(f"{path}: defines {len(models)} models; evalcluster takes one model config per run")
-    plain = _plain(models[0])
+    return checked_model_config(_plain(models[0]), path, "models[0]")
+
+
+def checked_model_config(plain: dict[str, Any], path: str, field: str, embedded: bool = False) -> ModelConfig:
+    """`plain` (a model dict, `_plain`'d) as a ModelConfig, refused unless evalcluster can send as its class does.
+    `field` names it in errors: `models[0]` of a model config file, or a dataset's `judge_infer_cfg.judge_model`."""
     kind = plain.get("type")
     api = API_OF_CLASS.get(kind) if isinstance(kind, str) else None
     if api is None:
         raise ConfigError(
-            f"{path}: models[0].type = {kind!r}: not an OpenAI-compatible vLLM API model; evalcluster sends "
+            f"{path}: {field}.type = {kind!r}: not an OpenAI-compatible vLLM API model; evalcluster sends "
             f"requests as {', '.join(sorted({k.rsplit('.', 1)[-1] for k in API_OF_CLASS}))} do"
         )
     max_out_len = plain.get("max_out_len")
     if max_out_len is not None and (not isinstance(max_out_len, int) or isinstance(max_out_len, bool)
                                     or max_out_len < 1):
-        raise ConfigError(f"{path}: models[0].max_out_len = {max_out_len!r}: must be an integer >= 1")
+        raise ConfigError(f"{path}: {field}.max_out_len = {max_out_len!r}: must be an integer >= 1")
     kwargs = plain.get("generation_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
-        raise ConfigError(f"{path}: models[0].generation_kwargs = {kwargs!r}: must be a dict")
-    return ModelConfig(path=path, cfg=plain, api=api)
+        raise ConfigError(f"{path}: {field}.generation_kwargs = {kwargs!r}: must be a dict")
+    return ModelConfig(path=path, cfg=plain, api=api, embedded=embedded)
 
 
 @lru_cache(maxsize=16)
 def _built_model(path: str) -> Any:
+    return _construct(_load(path).cfg, path)
+
+
+def _construct(model_cfg: dict[str, Any], path: str) -> Any:
     from ais_bench.benchmark.utils.config import build_model_from_cfg
 
-    cfg = copy.deepcopy(_load(path).cfg)
+    cfg = copy.deepcopy(model_cfg)
     cfg["model"] = _RENDER_MODEL_NAME
     cfg["path"] = ""  # a tokenizer path is for AISBench's perf mode; rendering needs none
     try:

@@ -28,12 +28,13 @@ from scipy import stats
 from cluster.errors import ConfigError
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.judge import ScoringError, judge
+from eval_jobs.llm_judge import judge_answers
 from eval_jobs.reasoning import scored_text
 
 log = logging.getLogger("evalcluster.scoring")
 SUMMARY_COLUMNS = [
     "model", "dataset", "metric", "source", "value", "stderr", "ci_low", "ci_high",
-    "n_questions", "n_repeats", "failures", "error",
+    "n_questions", "n_repeats", "failures", "judge_failures", "error",
 ]
 # frame.attrs keys judge_frame fills and summarize reads (a DataFrame's attrs travel with it, also to Parquet).
 EVALUATOR_METRICS = "evaluator_metrics"
@@ -74,12 +75,16 @@ def judge_frame(frame: pd.DataFrame, datasets: Mapping[str, EvalDataset]) -> pd.
                 cut = rep["cut_in_reasoning"] if "cut_in_reasoning" in rep else pd.Series(False, index=rep.index)
                 answers = [scored_text(text, bool(c)) if good else ""
                            for text, good, c in zip(rep["response"].fillna(""), ok, cut)]
+                failed_judgements: list[str | None] = [None] * len(answers)
+                if datasets[name].llm_judge is not None:  # an LLM judged the answers: its answers are scored
+                    answers, failed_judgements = judge_answers(datasets[name], rep)
                 judgement = judge(datasets[name], answers, rep["index"].tolist())
                 frame.loc[rep.index, "correct"] = [v.correct for v in judgement.verdicts]
                 frame.loc[rep.index, "score"] = [v.score for v in judgement.verdicts]
                 frame.loc[rep.index, "extracted"] = [v.extracted if good else "" for v, good in
                                                      zip(judgement.verdicts, ok)]
-                frame.loc[rep.index, "judge_error"] = [v.reason for v in judgement.verdicts]
+                frame.loc[rep.index, "judge_error"] = [failed or v.reason
+                                                       for v, failed in zip(judgement.verdicts, failed_judgements)]
                 per_repeat.append(judgement.metrics)
         except Exception as exc:  # any failure of one dataset's scoring: reported, the other datasets go on
             known = isinstance(exc, (ScoringError, ConfigError))
@@ -156,6 +161,9 @@ def summarize(df: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.DataFrame
         base = {
             "model": str(model), "dataset": str(dataset), "n_questions": int(group["index"].nunique()),
             "n_repeats": int(group["repeat"].nunique()), "failures": int((group["status"] != "ok").sum()),
+            # Answers whose verdict failed: an LLM judge's request failed or its answer held no verdict, or a
+            # program broke the scorer (`judge_error`); they count as wrong.
+            "judge_failures": int(group["judge_error"].notna().sum()) if "judge_error" in group else 0,
         }
         if (base["model"], base["dataset"]) in errors:
             rows.append({**base, "metric": "scoring failed", "error": errors[(base["model"], base["dataset"])]})

@@ -47,13 +47,15 @@ def unsupported(dcfg: Any) -> str | None:
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
     if inferencer not in ("GenInferencer", "PPLInferencer"):
         return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer)"
-    if dcfg.get("judge_infer_cfg"):
-        return "judge_infer_cfg (an LLM judges the answers): not supported yet"
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):
         return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
     template = _type_name((infer_cfg.get("prompt_template") or {}).get("type")).rsplit(".", 1)[-1]
     if template == "MMPromptTemplate":
         return "MMPromptTemplate (image, video or audio input): not supported yet"
+    if dcfg.get("judge_infer_cfg"):  # an LLM judges the answers: eval.judge names it (eval_jobs/llm_judge.py)
+        from eval_jobs.llm_judge import unsupported_judge
+
+        return unsupported_judge(dcfg)
     return None
 
 

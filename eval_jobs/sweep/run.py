@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from cluster.connection import ray_session
-from cluster.errors import run_command
+from cluster.errors import ConfigError, run_command
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.report import print_summary, write_config, write_report
 from eval_jobs.provenance import library_versions, provenance
@@ -58,6 +58,10 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
     check_installed(tracker_names)  # before anything starts
     datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir,
                                                                                    job.eval.aisbench_model)}
+    judged = [ds.config_name for ds in datasets.values() if ds.llm_judge is not None]
+    if judged:  # the judge stage runs in `evalcluster eval` only (eval_jobs/llm_judge.py)
+        raise ConfigError(f"eval.datasets: {judged} have an LLM judge (judge_infer_cfg): not supported in sweeps "
+                          "yet; evaluate each checkpoint with `evalcluster eval` and eval.judge")
     checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
     mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
     watcher = (Watcher(Path(job.sweep.watch).expanduser(), job.sweep.settle_s,
