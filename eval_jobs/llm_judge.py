@@ -76,6 +76,10 @@ def unsupported_judge(dcfg: Any) -> str | None:
     kind = _type_name((judge_cfg.get("judge_model") or {}).get("type")).rsplit(".", 1)[-1]
     if kind not in ("VLLMCustomAPIChat", "VLLMCustomAPIChatStream", "VLLMCustomAPI", "VLLMCustomAPIStream"):
         return f"judge_infer_cfg.judge_model {kind}: not an OpenAI-compatible vLLM API model"
+    evaluator = _type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type"))
+    if evaluator == HLE_EVALUATOR:
+        # It reports accuracy as text ("40.0% +/- 9.6%") and no per-sample details, so no sample has a verdict.
+        return "judge_infer_cfg with HLEJudgeEvaluator (no per-sample verdicts): not supported yet"
     if _verdict_check(dcfg.get("eval_cfg") or {}) is None:
         return "judge_infer_cfg whose verdict format evalcluster cannot check (known: get_a_or_b): not supported yet"
     return None
@@ -222,8 +226,6 @@ def _verdict_check(eval_cfg: dict[str, Any]) -> Callable[[str], str | None] | No
     post = _type_name((eval_cfg.get("pred_postprocessor") or {}).get("type"))
     if post in (GET_A_OR_B, "get_a_or_b"):
         return _a_or_b_failure
-    if _type_name((eval_cfg.get("evaluator") or {}).get("type")) == HLE_EVALUATOR:
-        return _hle_failure
     return None
 
 
@@ -237,14 +239,3 @@ def _a_or_b_failure(text: str) -> str | None:
     return (f"judge answer not parsed: get_a_or_b reads its last character, which is {text[-1:]!r}, not A or B "
             f"(the answer ends {text[-60:]!r})")
 
-
-def _hle_failure(text: str) -> str | None:
-    """HLE's judge answers in JSON (its response_format); AISBench's parse_predictions drops what it cannot read."""
-    from ais_bench.benchmark.datasets.hle import parse_predictions
-
-    parsed = parse_predictions([text])
-    if not parsed:
-        return f"judge answer not parsed: not the JSON object HLE's judge gives (starts {text[:60]!r})"
-    if parsed[0].get("correct") not in ("yes", "no"):
-        return f"judge answer not parsed: 'correct' is {parsed[0].get('correct')!r}, not 'yes' or 'no'"
-    return None

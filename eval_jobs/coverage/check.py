@@ -8,7 +8,9 @@ then the same code an evaluation runs: AISBench's loader (`loads`), its retrieve
 model's request body (`renders`; for PPL datasets, each option's prompt), and AISBench's real evaluator on two
 synthetic answers per dataset, the reference itself and a wrong one (for PPL datasets: the reference's label and
 another label), through `scoring.judge_frame` + `summarize` (`scores`: every number comes out
-and the per-sample verdicts reproduce the evaluator's own accuracy). A config with many dataset dicts (ceval's
+and the per-sample verdicts reproduce the evaluator's own accuracy). An LLM-judged dataset (`judge_infer_cfg`) also
+renders its judge's prompt for each answer (AISBench's judge dataset and template: each must hold the answer), and
+is scored on a judge's verdicts (A for the right answer, B for the wrong one). A config with many dataset dicts (ceval's
 52 subjects, needlebench's thousands of lengths × depths) is checked on one dict per dataset class × evaluator:
 the others differ only in file names and parameters.
 """
@@ -37,6 +39,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # AISBench colours its error messages
 _SCRATCH = re.compile(r"\S*/evalcluster-coverage-[^/\s]+/")
 TIMEOUT_S = 120  # per config; a loader that waits on the network (which this machine lacks) must not hang it
 WRONG_ANSWER = "I do not know."
+# A judge's verdicts on the right and the wrong answer, as aime2025_gen_0_shot_llmjudge's judge is asked to give them.
+JUDGE_RIGHT, JUDGE_WRONG = "A", "B"
 
 
 @dataclass
@@ -117,8 +121,14 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         except Exception as exc:
             result.reason = "renders: " + _one_line(exc)
             return
-        result.renders = True
         dataset = ds._build(dcfg, config_path, data_dir)
+        if dataset.llm_judge is not None:
+            try:
+                _render_judge_prompts(dataset)
+            except Exception as exc:
+                result.reason = "renders (judge prompts): " + _one_line(exc)
+                return
+        result.renders = True
         ok, detail = _score(dataset)
         result.scores = ok
         if ok:
@@ -137,6 +147,9 @@ def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
         responses = [_right_answer(ref) if i % 2 == 0 else WRONG_ANSWER for i, ref in enumerate(dataset.references)]
     frame = pd.DataFrame({"model": "coverage", "dataset": dataset.name, "index": range(len(dataset)), "repeat": 0,
                           "status": "ok", "response": responses})
+    if dataset.llm_judge is not None:  # what is scored is the judge's verdict on each answer: right, then wrong
+        frame = frame.assign(judge_response=[JUDGE_RIGHT if i % 2 == 0 else JUDGE_WRONG for i in frame.index],
+                             judge_failure=None)
     summary = summarize(judge_frame(frame, {dataset.name: dataset}))
     failed = summary[summary["error"].notna()]
     if not failed.empty:
@@ -144,6 +157,19 @@ def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
     if summary.empty:
         return False, ["the evaluator returned no numbers"]
     return True, [f"{m}" for m in summary["metric"]]
+
+
+def _render_judge_prompts(dataset: ds.EvalDataset) -> None:
+    """The judge's prompt for each row's right answer, rendered as an evaluation renders it; each must carry it."""
+    from eval_jobs.llm_judge import render_judge_prompts
+
+    answers = {str(i): _right_answer(ref) for i, ref in enumerate(dataset.references)}
+    prompts = render_judge_prompts(dataset, [(int(uuid), uuid, text) for uuid, text in answers.items()])
+    for uuid, text in answers.items():
+        sent = prompts.get(uuid)
+        contents = [sent] if isinstance(sent, str) else [str(m.get("content")) for m in sent or []]
+        if not any(text in content for content in contents):
+            raise ValueError(f"the judge prompt of row {uuid} does not hold the answer it judges")
 
 
 def _ppl_answer(labels: list[str], reference: Any, right: bool) -> str:

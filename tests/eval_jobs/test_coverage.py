@@ -20,11 +20,12 @@ SUPPORTED = [
     "livecodebench_0_shot_chat_v6",  # runs the generated code
     "ARC_c_ppl_0_shot_str",  # PPL: answers are option labels
     "FewCLUE_tnews_ppl_0_shot_chat",  # PPL over 15 labels, a Hugging Face json `data_files`, chat rounds
+    "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "mtbench_gen": "MultiTurnGenInferencer: not supported yet",
-    "aime2025_gen_0_shot_llmjudge": "judge_infer_cfg",
+    "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
     "mmstar_gen": "MMPromptTemplate",
     "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
 }

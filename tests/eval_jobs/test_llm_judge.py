@@ -1,0 +1,170 @@
+"""LLM-judged datasets end to end: one real vLLM CPU checkpoint answers an aime2025-format file, the other judges the
+answers; the judge's prompts are AISBench's, its requests are stored samples, its unreadable answers failed
+judgements with their reason, and a rerun sends only what is missing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cluster.errors import ConfigError
+from eval_jobs.config import JobConfig
+from eval_jobs.datasets import shipped_configs_dir
+from eval_jobs.evaluation import run_job
+from eval_jobs.store import RunDir, SampleStore
+from shared import API_KEY, engine_requests
+
+SHIPPED = shipped_configs_dir() / "datasets" / "aime2025" / "aime2025_gen_0_shot_llmjudge.py"
+QUESTIONS = [("What is 2+3?", "5"), ("What is 7*6?", "42"), ("What is 9-4?", "5")]
+# The shipped grader prompt is ~1300 tokens of the tiny model's vocabulary, more than its 512-token context: the
+# test's config is the shipped one with a short grader prompt holding the same fields.
+SHORT_GRADER = ('GRADER_TEMPLATE = """Question: {question}\\nGold: {answer}\\nAnswer: {model_answer}\\n'
+                'Reply A if the answer matches the gold one, else B."""')
+
+
+def judged_config(root: Path) -> Path:
+    """AISBench's aime2025_gen_0_shot_llmjudge config, its grader prompt shortened; everything else as shipped."""
+    text = SHIPPED.read_text()
+    short, count = re.subn(r'GRADER_TEMPLATE = """.*?""".strip\(\)', lambda _: SHORT_GRADER, text, flags=re.S)
+    assert count == 1
+    path = root / "aime2025_short_llmjudge.py"
+    path.write_text(short)
+    return path
+
+
+def aime_data(root: Path) -> Path:
+    data = root / "data"
+    (data / "ais_bench/datasets/aime2025").mkdir(parents=True)
+    lines = [json.dumps({"question": q, "answer": a}) for q, a in QUESTIONS]
+    (data / "ais_bench/datasets/aime2025/aime2025.jsonl").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def job(endpoint_url: str, tmp_path: Path, **eval_fields) -> JobConfig:
+    fields = dict(endpoint=endpoint_url, api_key=API_KEY, models=["tiny-a"], datasets=[str(judged_config(tmp_path))],
+                  data_dir=str(aime_data(tmp_path)), generation={"max_out_len": 8, "temperature": 0},
+                  judge={"model": "tiny-b", "generation": {"max_out_len": 4, "temperature": 0}},
+                  clients=1, concurrency=4, timeout_s=60, output=str(tmp_path / "run"), trackers=[])
+    return JobConfig(eval={**fields, **eval_fields})
+
+
+def aisbench_judge_prompts(aisbench_messages, config: Path, data_dir: Path, answers: list) -> dict:
+    """(index, repeat) → the judge prompt AISBench itself makes of these answers: its JudgeInfer worker's config
+    rewrite (judge_dataset_type, judge_reader_cfg, judge_infer_cfg, predictions_path; cli/workers.py), a
+    predictions file as its inferencer writes it, its judge dataset, then GenInferencer's rendering."""
+    import os
+
+    from mmengine.config import Config
+
+    from ais_bench.benchmark.models.output import RequestOutput
+    from ais_bench.benchmark.utils.config import build_dataset_from_cfg
+
+    dcfg = Config.fromfile(str(config))["aime2025_datasets"][0]
+    predictions = data_dir.parent / "predictions.jsonl"
+    with predictions.open("w") as f:
+        for record in answers:
+            output = RequestOutput(False)
+            output.content, output.reasoning_content = record.response, record.reasoning_content or ""
+            uuid = f"{record.index}-{record.repeat}"
+            f.write(json.dumps({"id": record.index, "uuid": uuid, "prediction": output.get_prediction()}) + "\n")
+    judge_cfg = dcfg.pop("judge_infer_cfg")
+    dcfg.update(type=judge_cfg.pop("judge_dataset_type"), reader_cfg=judge_cfg.pop("judge_reader_cfg"),
+                predictions_path=str(predictions))
+    judge_cfg.pop("judge_model")
+
+    class TaskState:  # what AISBench's task runner hands its datasets; they report progress to it
+        def update_task_state(self, state: dict) -> None:
+            pass
+
+    os.environ["AIS_BENCH_DATASETS_CACHE"] = str(data_dir)
+    try:
+        built = build_dataset_from_cfg(dcfg, task_state_manager=TaskState())
+    finally:
+        os.environ.pop("AIS_BENCH_DATASETS_CACHE")
+    messages = aisbench_messages(built, {"infer_cfg": judge_cfg})
+    keys = [tuple(int(x) for x in uuid.split("-")) for uuid in built.test["model_pred_uuid"]]
+    return dict(zip(keys, messages))
+
+
+@pytest.mark.engine
+def test_one_checkpoint_answers_the_other_judges_and_a_rerun_sends_only_what_is_missing(
+    endpoint, tmp_path, aisbench_messages
+):
+    cfg = job(endpoint.url, tmp_path, limit=2)
+    before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
+    run_job(cfg)
+    assert engine_requests(endpoint, "tiny-a") - before[0] == 2  # the answers
+    assert engine_requests(endpoint, "tiny-b") - before[1] == 2  # their judgements
+
+    # One more row: its answer and its judgement are sent, nothing judged before is judged again.
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": 3})})
+    before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
+    table = run_job(cfg)
+    assert engine_requests(endpoint, "tiny-a") - before[0] == 1
+    assert engine_requests(endpoint, "tiny-b") - before[1] == 1
+
+    run = RunDir(tmp_path / "run")
+    latest = SampleStore(run.samples_jsonl).latest()
+    answers = sorted((r for r in latest.values() if r.dataset == "aime2025"), key=lambda r: r.index)
+    judgements = {(r.index, r.repeat): r for r in latest.values() if r.dataset == "aime2025-judge"}
+    assert len(answers) == 3 and all(r.status == "ok" for r in answers)
+    assert sorted(judgements) == [(0, 0), (1, 0), (2, 0)]  # stored as samples of their own, one per answer
+    assert all(r.status == "ok" and r.model == "tiny-a" for r in judgements.values())
+
+    # The judge was sent AISBench's judge prompt of each answer, the answer in it as AISBench's prediction.
+    reference = aisbench_judge_prompts(aisbench_messages, Path(cfg.eval.datasets[0]), Path(cfg.eval.data_dir),
+                                       answers)
+    for answer in answers:
+        sent = judgements[(answer.index, answer.repeat)].prompt
+        assert sent == reference[(answer.index, answer.repeat)]
+        assert f"Answer: {answer.response}\n" in sent[-1]["content"]
+
+    # A judge answer get_a_or_b cannot read (it reads the last character) is a failed judgement with its reason;
+    # one it can read is the verdict. The tiny random model rarely ends on A or B.
+    from ais_bench.benchmark.utils.postprocess.model_postprocessors import extract_non_reasoning_content
+
+    samples = pd.read_parquet(run.samples_parquet).set_index(["index", "repeat"]).sort_index()
+    unreadable = 0
+    for key, judgement in judgements.items():
+        text = extract_non_reasoning_content(judgement.response)
+        row = samples.loc[key]
+        assert row["judge_response"] == judgement.response
+        if text[-1:] in ("A", "B"):
+            assert row["judge_error"] is None and bool(row["correct"]) == (text[-1:] == "A")
+        else:
+            unreadable += 1
+            assert "judge answer not parsed" in row["judge_error"] and repr(text[-1:]) in row["judge_error"]
+            assert not row["correct"]
+    assert unreadable >= 1
+    summary = table[table["metric"] == "accuracy"].iloc[0]
+    assert summary["judge_failures"] == unreadable and summary["failures"] == 0
+    assert summary["value"] == samples["correct"].astype(bool).mean()
+
+    # Run again: every answer and every judgement is on disk, nothing is sent.
+    before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
+    run_job(cfg)
+    assert (engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")) == before
+
+
+def test_a_judged_dataset_without_a_judge_is_refused_before_anything_runs(tmp_path):
+    cfg = job("http://127.0.0.1:9", tmp_path, judge=None)
+    with pytest.raises(ConfigError) as err:
+        run_job(cfg)
+    message = str(err.value)
+    assert "eval.judge.model" in message and "aime2025_short_llmjudge" in message and "judge_infer_cfg" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_judge_flags_do_not_collide_with_the_evaluated_endpoints(tmp_path):
+    from evalcluster_cli.main import build_parser
+    from evalcluster_cli.config_flags import config_overrides
+
+    args = build_parser().parse_args(["eval", "--endpoint", "http://a:1", "--judge-model", "j",
+                                      "--judge-endpoint", "http://b:2", "--judge-max-out-len", "64"])
+    assert config_overrides(args, "eval") == {
+        "endpoint": "http://a:1", "judge": {"model": "j", "endpoint": "http://b:2", "generation": {"max_out_len": 64}},
+    }
