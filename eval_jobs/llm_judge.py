@@ -24,6 +24,10 @@ sends only judgements that are missing, failed, or whose answer or judge changed
 Where AISBench reads a verdict out of an answer it cannot parse, it silently falls back (get_a_or_b: "B", wrong);
 here that sample is a **failed judgement** with the reason (`judge_error` in the frame, `judge_failures` in the
 summary), wrong as in AISBench. A judge request that failed, or a judgement still missing, is one too.
+
+Not yet: hle_llmjudge (its answers need image input, and HLEJudgeEvaluator reports its accuracy as text with no
+per-sample verdicts; AISBench also renders its judge prompt with `{question}` unfilled, as HLEDataset's rows have no
+`question` column), gedit (LMMGenInferencer), sweeps (eval_jobs/sweep refuses judged datasets).
 """
 
 from __future__ import annotations

@@ -130,15 +130,17 @@ def test_serve_smollm2_answers_curl_style_requests_and_the_openai_client_then_st
 
 
 def test_every_eval_field_has_a_flag_and_the_flags_become_the_config():
-    from eval_jobs.config import EvalConfig, GenerationConfig, load_job_config
+    from eval_jobs.config import EvalConfig, GenerationConfig, JudgeConfig, load_job_config
     from evalcluster_cli.config_flags import config_overrides
     from evalcluster_cli.main import build_parser
 
     parser = build_parser()
     [eval_parser] = [a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" eval")]
     dests = {action.dest for action in eval_parser._actions}
-    fields = {"eval." + (f.alias or n) for n, f in EvalConfig.model_fields.items() if n != "generation"}
+    fields = {"eval." + (f.alias or n) for n, f in EvalConfig.model_fields.items() if n not in ("generation", "judge")}
     fields |= {"eval.generation." + n for n in GenerationConfig.model_fields}
+    fields |= {"eval.judge." + n for n in JudgeConfig.model_fields if n != "generation"}
+    fields |= {"eval.judge.generation." + n for n in GenerationConfig.model_fields}
     assert fields <= dests, sorted(fields - dests)
 
     args = parser.parse_args([
