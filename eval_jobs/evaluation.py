@@ -222,7 +222,11 @@ def run_job(job: JobConfig) -> pd.DataFrame:
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
         if judge_endpoint is not None and lost is None:
-            judge_plan = run_judge_stage(cfg, datasets, requests, judge_endpoint, store)
+            judge_plan, judge_key = judge_stage_requests(cfg, datasets, requests, judge_endpoint, store)
+            try:
+                run_judge_stage(cfg, judge_plan, judge_key, store)
+            except HostLostError as exc:
+                lost = exc  # as above: the judgements made so far are reported, a rerun sends the rest
 
     records = matching(store.latest(), requests)
     judge_records = matching(store.latest(), judge_plan)
@@ -263,12 +267,12 @@ def check_judge(cfg: EvalConfig, datasets: dict[str, EvalDataset]) -> None:
                               f"name of {ds.name!r}'s judge stage")
 
 
-def run_judge_stage(cfg: EvalConfig, datasets: dict[str, EvalDataset], requests: list[SampleRequest],
-                    endpoint: str, store: SampleStore) -> list[SampleRequest]:
-    """Judge every answered sample of the LLM-judged datasets (eval_jobs/llm_judge.py) through the same queue, client
-    actors and store; returns the judge requests (those judged before with the same inputs are not sent)."""
+def judge_stage_requests(cfg: EvalConfig, datasets: dict[str, EvalDataset], requests: list[SampleRequest],
+                         endpoint: str, store: SampleStore) -> tuple[list[SampleRequest], str | None]:
+    """A judge request for every answered sample of the LLM-judged datasets (eval_jobs/llm_judge.py), and the key
+    of the judge's endpoint (its own, else the evaluated endpoint's when the judge is on it)."""
     judge = cfg.judge
-    api_key = (judge.api_key or (cfg.api_key if not judge.endpoint else None))
+    api_key = judge.api_key or (cfg.api_key if not judge.endpoint else None)
     key = api_key.get_secret_value() if api_key else None
     identity = checkpoint_identities({judge.model: endpoint}, key)[judge.model]
     answers = matching(store.latest(), requests)
@@ -276,17 +280,23 @@ def run_judge_stage(cfg: EvalConfig, datasets: dict[str, EvalDataset], requests:
     for ds in datasets.values():
         if ds.llm_judge is not None:
             judge_plan += judge_requests(ds, judge, [r for r in answers if r.dataset == ds.name], endpoint, identity)
+    return judge_plan, key
+
+
+def run_judge_stage(cfg: EvalConfig, judge_plan: list[SampleRequest], key: str | None, store: SampleStore) -> None:
+    """Send the judge requests not judged before with the same inputs, through the same queue, client actors and
+    store as the answers."""
     plan = plan_resume(judge_plan, store.latest())
-    log.info("%d judge requests (%s): %s", len(judge_plan), judge.model, plan.summary())
+    log.info("%d judge requests (%s): %s", len(judge_plan), cfg.judge.model, plan.summary())
     settings = dataclasses.replace(client_settings(cfg), api_key=key)
+    endpoints = {cfg.judge.model: r.endpoint for r in judge_plan[:1]}
     with progress_bar(len(judge_plan), plan.reused, label="judge") as on_results:
         def record(results: list[SampleResult]) -> None:
             store.append(results)  # durable first, as the answers
             on_results(results)
 
-        distribute(plan.todo, settings, cfg.clients, record, watch=serving_watch({judge.model: endpoint}))
-    print(f"{len(judge_plan)} judge requests to {judge.model}: {plan.summary()}")
-    return judge_plan
+        distribute(plan.todo, settings, cfg.clients, record, watch=serving_watch(endpoints))
+    print(f"{len(judge_plan)} judge requests to {cfg.judge.model}: {plan.summary()}")
 
 
 def with_references(frame: pd.DataFrame, datasets: dict[str, EvalDataset]) -> pd.DataFrame:

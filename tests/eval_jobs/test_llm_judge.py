@@ -38,7 +38,7 @@ def judged_config(root: Path) -> Path:
 
 def aime_data(root: Path) -> Path:
     data = root / "data"
-    (data / "ais_bench/datasets/aime2025").mkdir(parents=True)
+    (data / "ais_bench/datasets/aime2025").mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"question": q, "answer": a}) for q, a in QUESTIONS]
     (data / "ais_bench/datasets/aime2025/aime2025.jsonl").write_text("\n".join(lines) + "\n")
     return data
@@ -148,6 +148,33 @@ def test_one_checkpoint_answers_the_other_judges_and_a_rerun_sends_only_what_is_
     before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
     run_job(cfg)
     assert (engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")) == before
+
+
+@pytest.mark.engine
+def test_a_judge_on_another_endpoint_whose_requests_fail_is_judged_on_the_rerun(endpoint, tmp_path):
+    # The judge named by URL (over HTTP, its own key): first without the key it needs, so every judge request fails.
+    cfg = job(endpoint.url, tmp_path, limit=2, judge={"model": "tiny-b", "endpoint": endpoint.url,
+                                                      "generation": {"max_out_len": 4, "temperature": 0}})
+    before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
+    table = run_job(cfg)
+    assert engine_requests(endpoint, "tiny-a") - before[0] == 2
+    assert engine_requests(endpoint, "tiny-b") == before[1]  # refused by the endpoint: no key
+    samples = pd.read_parquet(RunDir(tmp_path / "run").samples_parquet)
+    assert (samples["status"] == "ok").all() and not samples["correct"].astype(bool).any()
+    assert samples["judge_error"].str.contains("the judge's request failed").all()
+    assert samples["judge_error"].str.contains("401").all()
+    assert table[table["metric"] == "accuracy"]["judge_failures"].tolist() == [2]
+
+    # With its key: the answers are reused, only the failed judgements are sent again.
+    cfg = job(endpoint.url, tmp_path, limit=2, judge={"model": "tiny-b", "endpoint": endpoint.url, "api_key": API_KEY,
+                                                      "generation": {"max_out_len": 4, "temperature": 0}})
+    before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
+    run_job(cfg)
+    assert engine_requests(endpoint, "tiny-a") == before[0]
+    assert engine_requests(endpoint, "tiny-b") - before[1] == 2
+    samples = pd.read_parquet(RunDir(tmp_path / "run").samples_parquet)
+    assert not samples["judge_error"].fillna("").str.contains("request failed").any()
+    assert samples["judge_response"].notna().all()
 
 
 def test_a_judged_dataset_without_a_judge_is_refused_before_anything_runs(tmp_path):
