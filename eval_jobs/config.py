@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
@@ -76,8 +76,6 @@ class JudgeConfig(StrictModel):
     """The model that judges the answers of datasets with an LLM judge (AISBench's `judge_infer_cfg`, e.g.
     aime2025_gen_0_shot_llmjudge): a checkpoint this job's endpoint serves, or a model on another endpoint. Its
     requests are samples too (eval_jobs/llm_judge.py); the prompt and the verdict's parsing are the dataset's."""
-
-    flag_prefix: ClassVar[str] = "judge-"  # its flags: --judge-model, --judge-endpoint, ... (eval's own are taken)
 
     model: str = Field(description="Served model name of the judge: a checkpoint of this job's endpoint (or of "
                        "`serve.models`), or of `endpoint` when that is set.")

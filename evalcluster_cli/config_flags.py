@@ -7,8 +7,9 @@ environment variable as help.
 Every field has its full name, `--SECTION.FIELD[.SUBFIELD]` (`--serve.engine.platform`, `--eval.num-repeats`), in
 every command that reads that section, and the environment variable `EVALCLUSTER_SECTION__FIELD[__SUBFIELD]`
 (`cluster/configfile.py` reads those). A command's own section also has short names: the field's last part
-(`evalcluster eval --num-repeats`, `--temperature`), or its whole path where two fields share the last part
-(`--judge-endpoint`); older names are kept as aliases. Values are typed from the field: numbers and strings as
+(`evalcluster eval --num-repeats`, `--temperature`) for the one shallowest field ending in it, the whole path for
+the others (`--judge-endpoint` beside `--endpoint`, `--judge-generation-temperature`); older names are kept as
+aliases. Values are typed from the field: numbers and strings as
 such, `Literal` fields as choices, lists as several values, booleans as `--flag` / `--no-flag`, dicts as repeated
 `KEY=VALUE` (the value read as YAML: `enable_thinking=false` is a boolean), lists of mappings (`serve.models`,
 `sweep.checkpoints`) as one YAML value. Only flags given on the command line become overrides: file < environment
@@ -74,12 +75,16 @@ def add_config_flags(
     group = parser.add_argument_group(f"{section}: settings (each an `{section}:` field of the config file; "
                                       f"the flag wins over its environment variable, which wins over the file)")
     fields = list(config_fields(model))
-    leaves = collections.Counter(path[-1] for path, _ in fields)
+    depths = collections.defaultdict(list)  # last part → the depths of the fields ending in it
+    for path, _ in fields:
+        depths[path[-1]].append(len(path))
     for path, info in fields:
         dotted = SEP.join(path)
         flags = [*(aliases or {}).get(dotted, []), "--" + section + SEP + dotted.replace("_", "-")]
-        if short_names:  # the last part, or the whole path where two fields share it (`--judge-endpoint`)
-            flags.insert(0, "--" + "-".join(path[-1:] if leaves[path[-1]] == 1 else path).replace("_", "-"))
+        if short_names:  # the last part for the one shallowest field ending in it, else the whole path: `--endpoint`
+            # and `--judge-endpoint`, `--temperature` (generation's) and `--judge-generation-temperature`
+            shallowest = len(path) == min(depths[path[-1]]) and depths[path[-1]].count(len(path)) == 1
+            flags.insert(0, "--" + "-".join(path[-1:] if shallowest else path).replace("_", "-"))
         description = (info.description or "").replace("%", "%%")
         kwargs = _flag_kwargs(info.annotation)
         if "choices" not in kwargs and "metavar" not in kwargs and kwargs.get("action") is None:

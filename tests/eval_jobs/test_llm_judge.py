@@ -186,12 +186,14 @@ def test_a_judged_dataset_without_a_judge_is_refused_before_anything_runs(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_judge_flags_do_not_collide_with_the_evaluated_endpoints(tmp_path):
+def test_judge_flags_do_not_collide_with_the_evaluated_endpoints_and_generation():
     from evalcluster_cli.main import build_parser
     from evalcluster_cli.config_flags import config_overrides
 
     args = build_parser().parse_args(["eval", "--endpoint", "http://a:1", "--judge-model", "j",
-                                      "--judge-endpoint", "http://b:2", "--judge-max-out-len", "64"])
+                                      "--judge-endpoint", "http://b:2", "--judge-generation-max-out-len", "64",
+                                      "--max-out-len", "8"])
     assert config_overrides(args, "eval") == {
-        "endpoint": "http://a:1", "judge": {"model": "j", "endpoint": "http://b:2", "generation": {"max_out_len": 64}},
+        "endpoint": "http://a:1", "generation": {"max_out_len": 8},
+        "judge": {"model": "j", "endpoint": "http://b:2", "generation": {"max_out_len": 64}},
     }
