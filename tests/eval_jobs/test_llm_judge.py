@@ -197,3 +197,16 @@ def test_judge_flags_do_not_collide_with_the_evaluated_endpoints_and_generation(
         "endpoint": "http://a:1", "generation": {"max_out_len": 8},
         "judge": {"model": "j", "endpoint": "http://b:2", "generation": {"max_out_len": 64}},
     }
+
+
+def test_a_sweep_refuses_judged_datasets_before_anything_starts(tmp_path):
+    from eval_jobs.sweep.config import load_sweep_config
+    from eval_jobs.sweep.run import run_sweep
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps({"eval": {"datasets": [str(judged_config(tmp_path))], "data_dir": str(aime_data(tmp_path)),
+                                         "judge": {"model": "j"}, "output": str(tmp_path / "sweep"), "trackers": []},
+                                "sweep": {"watch": str(tmp_path / "checkpoints")}}))
+    with pytest.raises(ConfigError, match="LLM judge .*not supported in sweeps yet"):
+        run_sweep(load_sweep_config(path))
+    assert not (tmp_path / "sweep").exists()
