@@ -177,6 +177,14 @@ def test_a_judge_on_another_endpoint_whose_requests_fail_is_judged_on_the_rerun(
     assert samples["judge_response"].notna().all()
 
 
+@pytest.mark.engine
+def test_with_no_models_named_every_served_model_but_the_judge_answers(endpoint, tmp_path):
+    table = run_job(job(endpoint.url, tmp_path, models=[], limit=1))
+    assert "tiny-a" in set(table["model"]) and "tiny-b" not in set(table["model"])
+    latest = SampleStore(RunDir(tmp_path / "run").samples_jsonl).latest()
+    assert {r.dataset for r in latest.values() if r.model == "tiny-a"} == {"aime2025", "aime2025-judge"}
+
+
 def test_a_judged_dataset_without_a_judge_is_refused_before_anything_runs(tmp_path):
     cfg = job("http://127.0.0.1:9", tmp_path, judge=None)
     with pytest.raises(ConfigError) as err:
