@@ -37,14 +37,18 @@ import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from cluster.errors import ConfigError
 from eval_jobs.fingerprint import sample_fingerprint
-from eval_jobs.model_config import ModelConfig, checked_model_config
+from eval_jobs.model_config import API_OF_CLASS, ModelConfig, checked_model_config
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+
+if TYPE_CHECKING:
+    from eval_jobs.config import JudgeConfig
+    from eval_jobs.datasets import EvalDataset
 
 _AIS = "ais_bench.benchmark."
 GET_A_OR_B = _AIS + "datasets.utils.llm_judge.get_a_or_b"
@@ -77,9 +81,9 @@ def unsupported_judge(dcfg: Any) -> str | None:
     from eval_jobs.datasets import _type_name
 
     judge_cfg = dcfg.get("judge_infer_cfg") or {}
-    kind = _type_name((judge_cfg.get("judge_model") or {}).get("type")).rsplit(".", 1)[-1]
-    if kind not in ("VLLMCustomAPIChat", "VLLMCustomAPIChatStream", "VLLMCustomAPI", "VLLMCustomAPIStream"):
-        return f"judge_infer_cfg.judge_model {kind}: not an OpenAI-compatible vLLM API model"
+    kind = _type_name((judge_cfg.get("judge_model") or {}).get("type"))
+    if kind not in API_OF_CLASS:  # evalcluster sends the judge's requests as it sends the answers'
+        return f"judge_infer_cfg.judge_model {kind.rsplit('.', 1)[-1]}: not an OpenAI-compatible vLLM API model"
     evaluator = _type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type"))
     if evaluator == HLE_EVALUATOR:
         # It reports accuracy as text ("40.0% +/- 9.6%") and no per-sample details, so no sample has a verdict.
@@ -89,12 +93,12 @@ def unsupported_judge(dcfg: Any) -> str | None:
     return None
 
 
-def judge_dataset_name(ds: Any) -> str:
+def judge_dataset_name(ds: EvalDataset) -> str:
     """The judge stage's dataset name, as AISBench names it (`<abbr>-<judge_model.abbr>`, e.g. aime2025-judge)."""
     return f"{ds.name}-{ds.llm_judge['model'].get('abbr') or 'judge'}"
 
 
-def judge_model_config(ds: Any) -> ModelConfig:
+def judge_model_config(ds: EvalDataset) -> ModelConfig:
     return checked_model_config(ds.llm_judge["model"], ds.config_path, "judge_infer_cfg.judge_model", embedded=True)
 
 
@@ -117,7 +121,7 @@ class _NoTaskState:
         pass
 
 
-def render_judge_prompts(ds: Any, predictions: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
+def render_judge_prompts(ds: EvalDataset, predictions: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
     """uuid → the judge request's input (chat messages, or a completions prompt) for each (row index, uuid,
     prediction), rendered by AISBench: its judge dataset class merges the predictions file with the rows, then
     the judge's prompt template, retriever and judge_model class render it."""
@@ -150,7 +154,7 @@ def _uuid(record: SampleResult) -> str:
     return json.dumps([record.model, record.index, record.repeat])
 
 
-def judge_requests(ds: Any, judge: Any, records: Sequence[SampleResult], endpoint: str,
+def judge_requests(ds: EvalDataset, judge: JudgeConfig, records: Sequence[SampleResult], endpoint: str,
                    identity: str) -> list[SampleRequest]:
     """One judge request per ok answer of dataset `ds` in `records` (failed answers are wrong without a judge),
     for `judge` (eval.judge) at `endpoint`, fingerprinted with the judge checkpoint's `identity`."""
@@ -173,7 +177,7 @@ def judge_requests(ds: Any, judge: Any, records: Sequence[SampleResult], endpoin
 
 
 def attach_judgements(frame: pd.DataFrame, judge_records: Sequence[SampleResult],
-                      datasets: dict[str, Any]) -> pd.DataFrame:
+                      datasets: dict[str, EvalDataset]) -> pd.DataFrame:
     """The per-sample frame with, for every ok answer of an LLM-judged dataset, the judge's answer (as AISBench's
     prediction) or why there is none (`judge_failure`: its request failed, or it was never answered)."""
     frame = frame.copy()
@@ -194,7 +198,7 @@ def attach_judgements(frame: pd.DataFrame, judge_records: Sequence[SampleResult]
     return frame
 
 
-def judge_answers(ds: Any, rows: pd.DataFrame) -> tuple[list[str], list[str | None]]:
+def judge_answers(ds: EvalDataset, rows: pd.DataFrame) -> tuple[list[str], list[str | None]]:
     """For the model's answers `rows` (a frame after `attach_judgements`): the texts the dataset's evaluator scores
     (the judge's answers) and, per row, why the judgement failed (None when it did not). A failed or unjudged
     answer is scored as an empty one, as judge_frame scores failed answers; so is an answer cut inside its
