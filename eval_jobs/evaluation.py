@@ -45,6 +45,7 @@ from eval_jobs.viewer import write_viewer
 from eval_jobs.work import ClientSettings, distribute
 
 log = logging.getLogger("evalcluster.eval")
+UNJUDGED = "unjudged"  # summary table attrs: answers of LLM-judged datasets without an ok judge answer
 
 
 def build_requests(
@@ -246,6 +247,8 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     finally:
         trackers.close()
     print_summary(table, simulated=simulated)
+    # Judge requests that failed or never ran are retried by a rerun, like failed answers: the exit status says so.
+    table.attrs[UNJUDGED] = len(judge_plan) - sum(r.status == "ok" for r in judge_records)
     print(f"{len(requests)} samples: {plan.summary()}")
     print(f"report: {run_dir.root.resolve()}")
     if lost is not None:
@@ -342,11 +345,15 @@ def serving_watch(endpoints: dict[str, str]):
 
 
 def exit_code(table: pd.DataFrame) -> int:
-    """1 when some samples failed (the report is partial; running again retries them), else 0."""
+    """1 when some samples or judge requests failed (the report is partial; running again retries them), else 0."""
     failed = int(table.drop_duplicates(["model", "dataset"])["failures"].fillna(0).sum())
     if failed:
         print(f"{failed} samples failed; run the same command again to retry them", file=sys.stderr)
-    return 1 if failed else 0
+    unjudged = int(table.attrs.get(UNJUDGED, 0))
+    if unjudged:
+        print(f"{unjudged} judge requests failed or were not sent; run the same command again to retry them",
+              file=sys.stderr)
+    return 1 if failed or unjudged else 0
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import pytest
 from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig
 from eval_jobs.datasets import shipped_configs_dir
-from eval_jobs.evaluation import run_job
+from eval_jobs.evaluation import exit_code, run_job
 from eval_jobs.store import RunDir, SampleStore
 from shared import API_KEY, engine_requests
 
@@ -164,12 +164,13 @@ def test_a_judge_on_another_endpoint_whose_requests_fail_is_judged_on_the_rerun(
     assert samples["judge_error"].str.contains("the judge's request failed").all()
     assert samples["judge_error"].str.contains("401").all()
     assert table[table["metric"] == "accuracy"]["judge_failures"].tolist() == [2]
+    assert exit_code(table) == 1  # a rerun retries the failed judge requests
 
     # With its key: the answers are reused, only the failed judgements are sent again.
     cfg = job(endpoint.url, tmp_path, limit=2, judge={"model": "tiny-b", "endpoint": endpoint.url, "api_key": API_KEY,
                                                       "generation": {"max_out_len": 4, "temperature": 0}})
     before = engine_requests(endpoint, "tiny-a"), engine_requests(endpoint, "tiny-b")
-    run_job(cfg)
+    assert exit_code(run_job(cfg)) == 0
     assert engine_requests(endpoint, "tiny-a") == before[0]
     assert engine_requests(endpoint, "tiny-b") - before[1] == 2
     samples = pd.read_parquet(RunDir(tmp_path / "run").samples_parquet)
