@@ -14,7 +14,9 @@ messages. The mode (`inferencer.infer_mode`) says what earlier BOT turns hold:
 - `every` (the default): one request per turn, the model's reply to each turn (`output.content`, without its
   reasoning) taking that BOT turn's place in the next request;
 - `every_with_gt`: one request per turn, earlier BOT turns holding the dataset's answers (ground truth);
-- `last`: one request, the last turn's, earlier BOT turns holding the dataset's answers.
+- `last`: one request, the last turn's, earlier BOT turns holding the dataset's answers. (AISBench 3.1's
+  `infer_last` never sends it: `left_prompt + PromptList(...)` recurses without end in `PromptList.__radd__` and
+  raises RecursionError. evalcluster sends what it means to, which is `every_with_gt`'s last request.)
 Turn t asks for `max_out_len[t]` tokens when the row's `max_out_len` is a list (`last`: its last entry), else
 the row's number, else the run's. (AISBench's `every` loop rebinds its `max_out_len` variable on the first turn,
 so it sends `max_out_len[0]` on every later turn; evalcluster sends each turn its own, which is what the list

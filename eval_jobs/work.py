@@ -116,20 +116,13 @@ class Leases:
     def progress(self, client: str, partial: SampleResult) -> bool:
         """Keep what `client` has answered of a sample it holds (a failed record of its parts so far): the sample's
         request now carries those parts, so whoever is leased it next sends only the rest, and the driver gets the
-        record (`take_progress`). False, and nothing kept, when `client` no longer holds the sample."""
+        record (`take`). False, and nothing kept, when `client` no longer holds the sample."""
         key = partial.key
         if key in self._finished or self._held.get(key, (None,))[0] != client:
             return False
         self._requests[key] = reuse_parts([self._requests[key]], {key: partial})[0]
         self._progress.append(partial)
         return True
-
-    def take_progress(self) -> list[SampleResult]:
-        """Progress records not yet taken, of samples still unfinished. Taken before `take_results`, a sample's
-        progress is always written before its final record, never after."""
-        progress = [p for p in self._progress if p.key not in self._finished]
-        self._progress = []
-        return progress
 
     def renew(self, client: str, keys: Sequence[SampleKey]) -> list[SampleKey]:
         """Push back the expiry of `client`'s leases on `keys`; returns the keys it no longer holds (expired and
@@ -154,6 +147,13 @@ class Leases:
         """Finished results not yet taken, and how many samples are still unfinished."""
         results, self._results = self._results, []
         return results, self.remaining()
+
+    def take(self) -> tuple[list[SampleResult], list[SampleResult], int]:
+        """(progress records, finished results, how many unfinished), taken at once: a sample's progress is always
+        handed over with or before its final record, so the driver, writing progress first, never writes it after
+        the final one (where it would supersede it)."""
+        progress, self._progress = self._progress, []
+        return (progress, *self.take_results())
 
     def remaining(self) -> int:
         return len(self._requests) - len(self._finished)
@@ -293,10 +293,9 @@ def distribute(
     restarts: collections.Counter[str] = collections.Counter()
     try:
         while True:
-            progress = ray.get(queue.take_progress.remote())  # first: see Leases.take_progress
+            progress, results, remaining = ray.get(queue.take.remote())
             if progress and on_progress:
-                on_progress(progress)
-            results, remaining = ray.get(queue.take_results.remote())
+                on_progress(progress)  # first: see Leases.take
             if results:
                 on_results(results)
             if remaining == 0:
