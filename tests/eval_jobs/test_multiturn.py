@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cluster.errors import ConfigError
 from eval_jobs import datasets as ds
 from eval_jobs.config import JobConfig
 from eval_jobs.coverage.data_files import write_data_files, write_jsonl
@@ -224,3 +225,18 @@ def test_a_conversation_given_back_resumes_from_the_turns_its_client_answered():
     queue.record("B", [final])
     assert queue.take() == ([partial, partial], [final], 0)  # progress handed over with its final, to go first
     assert not queue.progress("B", partial)  # finished: no progress after the final record
+
+
+def test_what_cannot_be_sent_as_ais_bench_sends_it_is_refused_by_name(tmp_path):
+    config = mtbench_in_mode("every", tmp_path)
+    with pytest.raises(ConfigError, match="needs a chat model config.*vllm_api_general speaks the completions API"):
+        ds.load_dataset(config, tmp_path / "data", model_config="vllm_api_general")
+    odd = tmp_path / "mtbench_sometimes.py"
+    odd.write_text(config.read_text().replace('infer_mode="every"', 'infer_mode="sometimes"'))
+    with pytest.raises(ConfigError, match="infer_mode = 'sometimes': MultiTurnGenInferencer supports every, last"):
+        ds.load_dataset(odd, tmp_path / "data")
+    # ShareGPT counts answer tokens with the model's tokenizer: `ais_bench` takes it from the model config's path.
+    sharegpt = ds._dataset_dicts(ds.resolve_config("sharegpt_gen"))[0]
+    write_data_files(sharegpt, tmp_path / "data")
+    with pytest.raises(ConfigError, match="ShareGPTDataset counts tokens with the model's tokenizer.*`path`"):
+        ds.load_dataset("sharegpt_gen", tmp_path / "data")
