@@ -85,7 +85,8 @@ def infer_mode(infer_cfg: Any, where: str) -> str:
 
 
 def render_conversations(dataset: Any, infer_cfg: Any, model_config: Any, where: str) -> list[dict[str, Any]]:
-    """Per row {"infer_mode", "turns": [{"messages", "max_out_len"}]}: each request of its conversation, built as
+    """Per row {"infer_mode", "turns": [{"turn", "messages", "max_out_len"}]}: each request of its conversation
+    (`turn`: which of the conversation's turns it asks, from 0), built as
     MultiTurnGenInferencer.get_data_list and its infer_* loop build them (`every`: REPLY placeholders where the
     model's earlier replies go). `max_out_len` is the row's for that turn, None for the run's."""
     from ais_bench.benchmark.models.output import RequestOutput
@@ -137,7 +138,8 @@ def render_conversations(dataset: Any, infer_cfg: Any, model_config: Any, where:
                 turn_limit = limit[-1] if mode == "last" else limit[turn] if turn < len(limit) else None
             else:
                 turn_limit = limit
-            rendered.append({"messages": sent, "max_out_len": int(turn_limit) if turn_limit else None})
+            rendered.append({"turn": len(answers[idx]) - 1 if mode == "last" else turn, "messages": sent,
+                             "max_out_len": int(turn_limit) if turn_limit else None})
         rows.append({"infer_mode": mode, "turns": rendered})
     return rows
 
@@ -157,9 +159,9 @@ def conversation_request(key: SampleKey, endpoint: str, conversation: dict[str, 
     """One conversation: a part per turn, each a chat body (`fields`: model and AISBench's sampling fields; a turn's
     own max_out_len wins over theirs, as a row's does). Its `body` holds every turn, so its fingerprint covers them."""
     parts = []
-    for turn, spec in enumerate(conversation["turns"]):
+    for spec in conversation["turns"]:
         max_tokens = spec["max_out_len"] or fields.get("max_tokens")
-        parts.append({"label": f"turn {turn + 1}", "turn": turn,
+        parts.append({"label": f"turn {spec['turn'] + 1}", "turn": spec["turn"],
                       "body": {**fields, "messages": spec["messages"], "max_tokens": max_tokens}})
     body = {**fields, "infer_mode": conversation["infer_mode"],
             "turns": [{"messages": p["body"]["messages"], "max_tokens": p["body"]["max_tokens"]} for p in parts]}
@@ -208,7 +210,7 @@ async def send_conversation(
                  **{f: getattr(result, f) for f in TURN_FIELDS if getattr(result, f) is not None}}
         parts.append(entry)
         if result.status != "ok":
-            error = f"{part['label']} of {len(request.parts)}: {result.error}"[:MAX_ERROR_CHARS]
+            error = f"{part['label']}: {result.error}"[:MAX_ERROR_CHARS]
             break
         replies.append(result.response)
         if on_turn is not None and len(parts) < len(request.parts):

@@ -138,6 +138,7 @@ def test_each_mode_sends_what_ais_bench_sends(mode, endpoint, ray_cluster, tmp_p
     for sample in samples:
         parts = sample.parts
         assert len(parts) == turns_per_row[sample.index]
+        assert parts[-1]["label"] == f"turn {len(questions[sample.index])}"
         # The same messages turn by turn, the same greedy replies, each turn's max_tokens.
         assert [(p["messages"], p["response"], p["completion_tokens"]) for p in parts] == theirs[sample.index]
         assert all(p["max_tokens"] == MAX_OUT_LEN for p in parts)
@@ -205,9 +206,9 @@ def test_a_conversation_given_back_resumes_from_the_turns_its_client_answered():
     the turn it was sending; the driver gets the progress before the final record, never after it."""
     key = SampleKey("m", "chats", 0, 0)
     conversation = {"infer_mode": "every", "turns": [
-        {"messages": [{"role": "user", "content": "q1"}], "max_out_len": None},
-        {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": REPLY.format(0)},
-                      {"role": "user", "content": "q2"}], "max_out_len": 4}]}
+        {"turn": 0, "messages": [{"role": "user", "content": "q1"}], "max_out_len": None},
+        {"turn": 1, "messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": REPLY.format(0)},
+                                 {"role": "user", "content": "q2"}], "max_out_len": 4}]}
     request = conversation_request(key, "http://127.0.0.1:1", conversation, {"model": "m", "max_tokens": 9})
     assert [p["body"]["max_tokens"] for p in request.parts] == [9, 4]
     queue = Leases([request], ttl_s=60)
