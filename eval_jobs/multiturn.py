@@ -156,8 +156,9 @@ def _check_placeholders(sent: list[dict[str, Any]], truth: list[dict[str, Any]],
 
 def conversation_request(key: SampleKey, endpoint: str, conversation: dict[str, Any],
                          fields: dict[str, Any]) -> SampleRequest:
-    """One conversation: a part per turn, each a chat body (`fields`: model and AISBench's sampling fields; a turn's
-    own max_out_len wins over theirs, as a row's does). Its `body` holds every turn, so its fingerprint covers them."""
+    """One conversation: a part per turn, each a chat body (`fields`: model and AISBench's sampling fields; a
+    turn's own max_out_len wins over theirs, as a row's does). Its `body` holds every turn, so its fingerprint
+    covers them all."""
     parts = []
     for spec in conversation["turns"]:
         max_tokens = spec["max_out_len"] or fields.get("max_tokens")

@@ -268,8 +268,8 @@ def distribute(
 ) -> int:
     """Run `requests` through `num_clients` client actors; `on_results` gets every finished batch (it must make them
     durable before returning), `on_progress` the records of samples answered in part so far (a conversation's
-    turns: failed records a later final one supersedes), always before their final records. Returns, once every request has a result, how many times a client actor died and
-    was restarted. `watch` is called between turns and may raise to end the run (a host was lost and what it
+    turns: failed records a later final one supersedes), always before their final records. Returns, once every
+    request has a result, how many times a client actor died and was restarted. `watch` is called between turns and may raise to end the run (a host was lost and what it
     served cannot come back): results so far are kept."""
     if not requests:
         return 0

@@ -196,7 +196,8 @@ def test_turns_are_durable_one_by_one_and_a_rerun_sends_only_the_missing_ones(en
     for old, new in zip(finals, again):
         assert new.parts[0] == old.parts[0]  # reused as stored, not sent
         # Greedy: the turns sent again follow from the same first reply as before.
-        assert [(p["messages"], p["response"]) for p in new.parts] == [(p["messages"], p["response"]) for p in old.parts]
+        assert [(p["messages"], p["response"]) for p in new.parts] == [
+            (p["messages"], p["response"]) for p in old.parts]
     frame = pd.read_parquet(RunDir(tmp_path / "run").samples_parquet)
     assert len(frame) == 2 and (frame["status"] == "ok").all()
 
