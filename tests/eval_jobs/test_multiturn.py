@@ -242,3 +242,42 @@ def test_what_cannot_be_sent_as_ais_bench_sends_it_is_refused_by_name(tmp_path):
     write_data_files(sharegpt, tmp_path / "data")
     with pytest.raises(ConfigError, match="ShareGPTDataset counts tokens with the model's tokenizer.*`path`"):
         ds.load_dataset("sharegpt_gen", tmp_path / "data")
+
+
+def test_a_client_killed_mid_conversation_loses_no_answered_turn(ray_cluster):
+    """Real client actors against the simulated-latency engine (orchestration only, no score): the client is killed
+    while turn 2 waits for its first token; its restart resumes the conversation from the queue, sending turns 2 and
+    3, never turn 1 again, and the driver had turn 1 on its way to the store before the kill."""
+    import ray
+
+    from eval_jobs.work import CLIENT_PREFIX, ClientSettings, distribute
+    from shared import sim_engine, sim_requests
+
+    user = [{"role": "user", "content": f"q{t}"} for t in range(3)]
+    reply = [{"role": "assistant", "content": REPLY.format(t)} for t in range(3)]
+    conversation = {"infer_mode": "every", "turns": [
+        {"turn": t, "messages": [m for i in range(t) for m in (user[i], reply[i])] + [user[t]], "max_out_len": None}
+        for t in range(3)]}
+    progress: list[SampleResult] = []
+    finals: list[SampleResult] = []
+
+    def kill_on_first_progress(batch: list[SampleResult]) -> None:
+        if not progress:
+            (victim,) = [n for n in ray.util.list_named_actors() if n.startswith(CLIENT_PREFIX)]
+            ray.kill(ray.get_actor(victim))
+        progress.extend(batch)
+
+    # Each request waits 2 s for its first token: the driver sees turn 1's progress (within a 0.5 s poll) and kills
+    # the client while turn 2 is still waiting.
+    with sim_engine(ttft_s=2.0, tpot_s=0.01, output_tokens=None) as url:
+        request = conversation_request(SampleKey("sim", "chats", 0, 0), url, conversation,
+                                       {"model": "sim", "max_tokens": 3})
+        settings = ClientSettings(concurrency=1, lease_size=1, timeout_s=30, max_retries=0, backoff_s=0.1)
+        restarts = distribute([request], settings, 1, finals.extend, on_progress=kill_on_first_progress)
+        sent = sim_requests(url)
+    assert restarts == 1
+    (final,) = finals
+    assert final.status == "ok" and [p["label"] for p in final.parts] == ["turn 1", "turn 2", "turn 3"]
+    assert final.parts[0] == progress[0].parts[0]  # turn 1 as first answered: reused, not sent again
+    assert sent == 4  # turn 1, turn 2 (killed), turn 2 and turn 3
+    assert final.parts[1]["messages"][1] == {"role": "assistant", "content": final.parts[0]["response"]}
