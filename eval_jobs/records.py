@@ -29,7 +29,8 @@ class SampleRequest(BaseModel):
     )
     parts: list[dict[str, Any]] = Field(
         default_factory=list, description="A sample made of several requests (eval_jobs/ppl.py: one per answer "
-        "option, each {'label', 'body'}); `body` then holds only what they share. Empty: one request, `body`.",
+        "option; eval_jobs/multiturn.py: one per turn; each {'label', 'body'}); `body` then holds only what they "
+        "share, or all of them. Empty: one request, `body`.",
     )
 
 
@@ -68,7 +69,9 @@ class SampleResult(BaseModel):
     )
     parts: list[dict[str, Any]] = Field(
         default_factory=list, description="What each part of a many-request sample gave (eval_jobs/ppl.py: per "
-        "option its label, perplexity and prompt tokens); `response` is then the sample's answer (the chosen label).",
+        "option its label, perplexity and prompt tokens; eval_jobs/multiturn.py: per turn the messages sent, the "
+        "reply, its tokens and timings); `response` is then the sample's answer (the chosen label; the reply "
+        "AISBench scores).",
     )
 
     @property
