@@ -269,8 +269,8 @@ def distribute(
     """Run `requests` through `num_clients` client actors; `on_results` gets every finished batch (it must make them
     durable before returning), `on_progress` the records of samples answered in part so far (a conversation's
     turns: failed records a later final one supersedes), always before their final records. Returns, once every
-    request has a result, how many times a client actor died and was restarted. `watch` is called between turns and may raise to end the run (a host was lost and what it
-    served cannot come back): results so far are kept."""
+    request has a result, how many times a client actor died and was restarted. `watch` is called between turns
+    and may raise to end the run (a host was lost and what it served cannot come back): results so far are kept."""
     if not requests:
         return 0
     # The queue lives on the driver's host: it is the run's state, and should any other host die, it survives.
