@@ -281,3 +281,15 @@ def test_a_client_killed_mid_conversation_loses_no_answered_turn(ray_cluster):
     assert final.parts[0] == progress[0].parts[0]  # turn 1 as first answered: reused, not sent again
     assert sent == 4  # turn 1, turn 2 (killed), turn 2 and turn 3
     assert final.parts[1]["messages"][1] == {"role": "assistant", "content": final.parts[0]["response"]}
+
+
+def test_sharegpt_counts_tokens_with_the_model_configs_tokenizer(tmp_path, tiny_model):
+    """With a model config whose `path` is the model (as `ais_bench` wants it), sharegpt loads: two turns a row."""
+    shipped = ds.shipped_configs_dir() / ds.GENERAL_CHAT_MODEL
+    model_config = tmp_path / "tiny_chat.py"
+    model_config.write_text(shipped.read_text().replace('path=""', f'path="{tiny_model}"', 1))
+    write_data_files(ds._dataset_dicts(ds.resolve_config("sharegpt_gen"))[0], tmp_path / "data")
+    dataset = ds.load_dataset("sharegpt_gen", tmp_path / "data", model_config=str(model_config))
+    assert len(dataset) == 6 and [len(c["turns"]) for c in dataset.conversations] == [2] * 6
+    assert dataset.conversations[0]["turns"][1]["messages"][1] == {"role": "assistant",
+                                                                   "content": REPLY.format(0)}
