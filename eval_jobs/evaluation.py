@@ -31,6 +31,7 @@ from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.prompts import aisbench_request_defaults
 from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.multiturn import conversation_request
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.provenance import library_versions, provenance
@@ -66,6 +67,8 @@ def build_requests(
                     fields = {"model": model, **cfg.generation.request_fields(repeat, row_limit, defaults)}
                     if ds.ppl_options is not None:  # a question of a PPL dataset: one request per option
                         request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
+                    elif ds.conversations is not None:  # a conversation: one request per turn
+                        request = conversation_request(key, endpoint, ds.conversations[index], fields)
                     else:
                         request = SampleRequest(key=key, endpoint=endpoint, body={**ds.request_input(index), **fields})
                     if identities is not None:
@@ -185,8 +188,10 @@ def run_job(job: JobConfig) -> pd.DataFrame:
                 on_results(results)
 
             try:
-                todo = reuse_parts(plan.todo, store.latest())  # a failed PPL question keeps its answered options
-                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+                # A failed PPL question keeps its answered options, a conversation its answered turns.
+                todo = reuse_parts(plan.todo, store.latest())
+                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints),
+                           on_progress=store.append)
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
 

@@ -353,7 +353,8 @@ class Sweep:
             log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
             self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
                               changed=plan.changed, failed_before=plan.failed)
-            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
+            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch,
+                       on_progress=self._record)  # a conversation's answered turns, durable as they come
         except (SweepStopped, WaitCancelled):
             log.info("%s: stopped; samples in flight abandoned", name)
             raise
