@@ -28,17 +28,17 @@ from cluster.errors import ConfigError, HostLostError
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.prompts import aisbench_request_defaults
-from eval_jobs.model_config import load_model_config
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.model_config import load_model_config
 from eval_jobs.multiturn import conversation_request
 from eval_jobs.ppl import ppl_request, reuse_parts
-from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+from eval_jobs.prompts import aisbench_request_defaults
 from eval_jobs.provenance import library_versions, provenance
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.report import print_summary, write_config, write_report
-from eval_jobs.tables import samples_frame
 from eval_jobs.scoring import judge_frame, summarize
 from eval_jobs.store import ResumePlan, RunDir, SampleStore, matching, plan_resume
+from eval_jobs.tables import samples_frame
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer
 from eval_jobs.work import ClientSettings, distribute

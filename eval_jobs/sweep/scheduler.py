@@ -37,9 +37,9 @@ import ray
 from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
+from eval_jobs.evaluation import build_requests, client_settings, data_plane
 from eval_jobs.ppl import reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.evaluation import build_requests, client_settings, data_plane
 from eval_jobs.store import SampleStore, matching, plan_resume
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig

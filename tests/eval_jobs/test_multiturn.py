@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from shared import API_KEY, engine_requests
 
 from cluster.errors import ConfigError
 from eval_jobs import datasets as ds
@@ -20,7 +21,6 @@ from eval_jobs.multiturn import REPLY, conversation_request
 from eval_jobs.records import SampleKey, SampleResult
 from eval_jobs.store import RunDir, SampleStore
 from eval_jobs.work import Leases
-from shared import API_KEY, engine_requests
 
 MTBENCH = "mtbench_gen"
 MAX_OUT_LEN = 6
@@ -74,11 +74,10 @@ def aisbench_turns(config: Path, data_dir: Path, endpoint_url: str) -> dict[int,
     import os
 
     import aiohttp
-    from mmengine.config import Config
-
     from ais_bench.benchmark.openicl.icl_inferencer.icl_base_api_inferencer import StatusCounter
     from ais_bench.benchmark.registry import ICL_INFERENCERS, ICL_RETRIEVERS
     from ais_bench.benchmark.utils.config import build_dataset_from_cfg
+    from mmengine.config import Config
 
     host, port = endpoint_url.removeprefix("http://").split("/")[0].rsplit(":", 1)
     model_cfg = dict(type="ais_bench.benchmark.models.api_models.vllm_custom_api_chat.VLLMCustomAPIChat",
@@ -249,9 +248,9 @@ def test_a_client_killed_mid_conversation_loses_no_answered_turn(ray_cluster):
     while turn 2 waits for its first token; its restart resumes the conversation from the queue, sending turns 2 and
     3, never turn 1 again, and the driver had turn 1 on its way to the store before the kill."""
     import ray
+    from shared import sim_engine, sim_requests
 
     from eval_jobs.work import CLIENT_PREFIX, ClientSettings, distribute
-    from shared import sim_engine, sim_requests
 
     user = [{"role": "user", "content": f"q{t}"} for t in range(3)]
     reply = [{"role": "assistant", "content": REPLY.format(t)} for t in range(3)]
