@@ -26,9 +26,10 @@ class _SampleParts(BaseModel):
     )
     parts: list[dict[str, Any]] = Field(
         default_factory=list, description="A sample made of several requests (eval_jobs/ppl.py: one per answer "
-        "option). In a request, each part's {'label', 'body'}, and `body` holds only what they share; in a result, "
-        "what each part gave (per option its label, perplexity and prompt tokens), and `response` is the sample's "
-        "answer (the chosen label). Empty: one request, `body`.",
+        "option; eval_jobs/multiturn.py: one per turn). In a request, each part's {'label', 'body'}, and `body` "
+        "holds only what they share, or all of them; in a result, what each part gave (per option its label, "
+        "perplexity and prompt tokens; per turn the messages sent, the reply, its tokens and timings), and "
+        "`response` is the sample's answer (the chosen label; the reply AISBench scores). Empty: one request, `body`.",
     )
 
 

@@ -20,11 +20,12 @@ SUPPORTED = [
     "livecodebench_0_shot_chat_v6",  # runs the generated code
     "ARC_c_ppl_0_shot_str",  # PPL: answers are option labels
     "FewCLUE_tnews_ppl_0_shot_chat",  # PPL over 15 labels, a Hugging Face json `data_files`, chat rounds
+    "mtbench_gen",  # multi-turn: a conversation per row, its answers a list
+    "sharegpt_gen",  # multi-turn, and a loader that needs the model's tokenizer
     "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
-    "mtbench_gen": "MultiTurnGenInferencer: not supported yet",
     "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
     "mmstar_gen": "MMPromptTemplate",
     "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
@@ -55,5 +56,5 @@ def test_cli_writes_the_table(tmp_path, capsys) -> None:
 
 
 def test_markdown_counts_only_shipped_configs() -> None:
-    results = [check_config(n, resolve_config(n)) for n in ("demo_arith_gen_0_shot_chat_prompt", "mtbench_gen")]
+    results = [check_config(n, resolve_config(n)) for n in ("demo_arith_gen_0_shot_chat_prompt", "BFCL_gen_simple")]
     assert "**0 of 1 shipped" in markdown(results)  # the repo's own demo config is listed, not counted
