@@ -121,14 +121,15 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         except Exception as exc:
             result.reason = "renders: " + _one_line(exc)
             return
+        result.renders = True
         dataset = ds._build(dcfg, config_path, data_dir)
         if dataset.llm_judge is not None:
             try:
                 _render_judge_prompts(dataset)
             except Exception as exc:
+                result.renders = False
                 result.reason = "renders (judge prompts): " + _one_line(exc)
                 return
-        result.renders = True
         ok, detail = _score(dataset)
         result.scores = ok
         if ok:
