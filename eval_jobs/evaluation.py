@@ -30,6 +30,7 @@ from eval_jobs.config import EvalConfig, JobConfig
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.prompts import aisbench_request_defaults
 from eval_jobs.model_config import load_model_config
+from eval_jobs.multimodal import check_body_sizes
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
@@ -175,6 +176,8 @@ def run_job(job: JobConfig) -> pd.DataFrame:
             cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
         requests = build_requests(cfg, endpoints, list(datasets.values()), checkpoint_identities(endpoints, api_key))
+        if job.serve is not None and job.serve.models and cfg.transport == "http":  # through the job's own ingress
+            check_body_sizes(requests, job.serve.max_request_bytes)
         plan = plan_resume(requests, store.latest())
         record_run(run_dir, plan)
         log.info("%d samples: %s; to %s", len(requests), plan.summary(), sorted(set(endpoints.values())))

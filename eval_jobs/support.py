@@ -51,9 +51,6 @@ def unsupported(dcfg: Any) -> str | None:
         return "judge_infer_cfg (an LLM judges the answers): not supported yet"
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):
         return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
-    template = _type_name((infer_cfg.get("prompt_template") or {}).get("type")).rsplit(".", 1)[-1]
-    if template == "MMPromptTemplate":
-        return "MMPromptTemplate (image, video or audio input): not supported yet"
     return None
 
 
