@@ -32,6 +32,11 @@ SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
     _AIS + "datasets.ifeval.ifeval.IFEvaluator": [("langdetect", "langdetect")],
     # OptionSimAccEvaluator matches free-text answers to options by edit distance.
     _AIS + "datasets.custom.OptionSimAccEvaluator": [("rapidfuzz", "rapidfuzz")],
+    # OmniDocBench's end-to-end matching (tree edit distance over tables, HTML and LaTeX parsing, RANSAC).
+    _AIS + "datasets.omnidocbench.omnidocbench.OmniDocBenchEvaluator": [
+        ("apted", "apted"), ("bs4", "beautifulsoup4"), ("skimage", "scikit-image"), ("pylatexenc", "pylatexenc"),
+        ("func_timeout", "func-timeout"), ("lxml", "lxml"), ("Levenshtein", "levenshtein"), ("evaluate", "evaluate"),
+    ],
 }
 
 

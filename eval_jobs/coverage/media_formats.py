@@ -109,3 +109,127 @@ def _mm_custom(dcfg: Any, root: Path) -> None:
          "answer": "yes"},
     ]
     write_jsonl(path, rows)
+
+
+# -- tsv sets with base64 images (VLMEvalKit's layout; the loaders write the images out as files) --------------
+
+def _tsv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    from eval_jobs.coverage.data_files import write_csv
+
+    write_csv(path, [header] + [[str(v) for v in row] for row in rows], delimiter="\t")
+
+
+@writer("DocVQADataset", "InfoVQADataset")
+def _docvqa(dcfg: Any, root: Path) -> None:
+    words = ["red", "green", "blue", "yellow"]
+    _tsv(path_in(dcfg, root), ["index", "image", "question", "answer"],
+         [[i, b64(image_bytes(i)), f"What colour is square {i}?", repr([w])] for i, w in enumerate(words[:ROWS])])
+
+
+@writer("MMStarDataset")
+def _mmstar(dcfg: Any, root: Path) -> None:
+    _tsv(path_in(dcfg, root), ["index", "image", "question", "A", "B", "C", "D", "answer", "category", "l2-category"],
+         [[i, b64(image_bytes(i)), f"What colour is square {i}?", "red", "green", "blue", "yellow", "ABCD"[i % 4],
+           "coarse perception", "colour"] for i in range(ROWS)])
+
+
+@writer("MMMUProOptions10Dataset", "MMMUProVisionDataset")
+def _mmmu_pro(dcfg: Any, root: Path) -> None:
+    letters = "ABCDEFGHIJ"
+    _tsv(path_in(dcfg, root), ["index", "image", "question", *letters, "answer", "category"],
+         [[i, b64(image_bytes(i)), f"Which option names the colour of <image 1>? ({i})",
+           *[f"colour {c}" for c in letters], letters[i % 10], "Art"] for i in range(ROWS)])
+
+
+# -- parquet sets with image bytes ------------------------------------------------------------------------------
+
+def _parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+@writer("RealworldQADataset")
+def _realworldqa(dcfg: Any, root: Path) -> None:
+    _parquet(path_in(dcfg, root), [{"image": {"bytes": image_bytes(i, "WEBP"), "path": f"{i}.webp"},
+                                    "question": f"What colour is square {i}? Answer with one word.",
+                                    "answer": ["red", "green", "blue", "yellow"][i]} for i in range(ROWS)])
+
+
+@writer("RefCOCODataset", "RefCOCOgDataset", "RefCOCOPlusDataset")
+def _refcoco(dcfg: Any, root: Path) -> None:
+    """`<split>-*.parquet` under the path: one image, its box [x, y, w, h] and the phrases that refer to it."""
+    from PIL import Image
+
+    rows = []
+    for i in range(ROWS):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 24), COLOURS[i]).save(buf, format="JPEG")
+        rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "file_name": f"COCO_{i}.jpg",
+                     "question_id": i, "bbox": [2.0 + i, 3.0, 10.0, 8.0], "answer": [f"the square number {i}"]})
+    _parquet(path_in(dcfg, root, f"{dcfg['split']}-00000-of-00001.parquet"), rows)
+
+
+@writer("MMMUDataset")
+def _mmmu(dcfg: Any, root: Path) -> None:
+    """One subject directory (`Art/validation-*.parquet`): multiple-choice rows with an `<image 1>` placeholder."""
+    rows = [{"id": f"validation_Art_{i}", "question": f"What colour is <image 1>? ({i})",
+             "options": repr(["red", "green", "blue", "yellow"]), "answer": "ABCD"[i % 4],
+             "image_1": {"bytes": image_bytes(i, "PNG"), "path": f"{i}.png"}, "question_type": "multiple-choice",
+             "subfield": "Colour"} for i in range(ROWS)]
+    _parquet(path_in(dcfg, root, "Art", f"{dcfg.get('split', 'validation')}-00000-of-00001.parquet"), rows)
+
+
+@writer("MathVisionDataset")
+def _mathvision(dcfg: Any, root: Path) -> None:
+    """`data/<split>-*.parquet`: multiple-choice and open rows, levels 1-5."""
+    rows = []
+    for i in range(ROWS):
+        options = ["1", "2", "3", "4", "5"] if i % 2 == 0 else []
+        rows.append({"id": str(i), "question": f"How many squares are there? ({i})", "options": options,
+                     "answer": "ABCDE"[i % 5] if options else str(i + 1), "level": 1 + i % 5,
+                     "subject": "counting", "solution": "",
+                     "decoded_image": {"bytes": image_bytes(i, "PNG"), "path": f"{i}.png"}})
+    _parquet(path_in(dcfg, root, "data", f"{dcfg.get('split', 'test')}-00000-of-00001.parquet"), rows)
+
+
+# -- video and audio ----------------------------------------------------------------------------------------------
+
+@writer("VideoBenchDataset")
+def _videobench(dcfg: Any, root: Path) -> None:
+    """`answer/ANSWER.json` ({set: {key: answer}}) and a `*new.json` of questions whose `vid_path` names the clip
+    (its parent directory is the set's name)."""
+    base = path_in(dcfg, root)
+    questions, answers = {}, {}
+    for i in range(ROWS):
+        clip = write_video(base / "videos" / "Tiny" / f"clip{i}.mp4", i)
+        key = f"Tiny_{i}"
+        questions[key] = {"vid_path": str(clip), "video_id": f"clip{i}", "question": "What colour is the clip?",
+                          "choices": {"A": "red", "B": "green", "C": "blue", "D": "yellow"}}
+        answers[key] = {"answer": "ABCD"[i % 4]}  # VideoBenchEvaluator reads the letter from a dict
+    (base / "answer").mkdir(parents=True, exist_ok=True)
+    (base / "answer" / "ANSWER.json").write_text(json.dumps({"Tiny": answers}))
+    (base / "Tiny_QA_new.json").write_text(json.dumps(questions))
+
+
+@writer("VideoMMEDataset")
+def _videomme(dcfg: Any, root: Path) -> None:
+    """The question parquet; the clips go to `video_path`, which VideoMMEDataset takes from the working
+    directory, not the data dir (os.path.abspath): a relative one is only reachable from there."""
+    video_dir = Path(dcfg["video_path"])
+    if video_dir.is_absolute():
+        for i in range(ROWS):
+            write_video(video_dir / f"vid{i}.mp4", i)
+    _parquet(path_in(dcfg, root), [
+        {"videoID": f"vid{i}", "question": "What colour is the clip?",
+         "options": ["A. red", "B. green", "C. blue", "D. yellow"], "answer": "ABCD"[i % 4], "duration": "short",
+         "domain": "Knowledge", "sub_category": "Colour", "task_type": "Object Recognition"} for i in range(ROWS)])
+
+
+@writer("VocalSoundDataset")
+def _vocalsound(dcfg: Any, root: Path) -> None:
+    """A directory of `<id>_<label>.wav` files: the label is the answer."""
+    base = path_in(dcfg, root)
+    for i in range(ROWS):
+        write_wav(base / f"f{i:04d}_{LABELS[i]}.wav", i)
