@@ -20,12 +20,16 @@ SUPPORTED = [
     "livecodebench_0_shot_chat_v6",  # runs the generated code
     "ARC_c_ppl_0_shot_str",  # PPL: answers are option labels
     "FewCLUE_tnews_ppl_0_shot_chat",  # PPL over 15 labels, a Hugging Face json `data_files`, chat rounds
+    "textvqa_gen_base64",  # images inline as base64 data URLs
+    "mmstar_gen",  # a tsv of base64 images the loader writes out as files (file:// URLs)
+    "videobench_gen_base64",  # video frames read with OpenCV, sent as base64 JPEGs
+    "vocalsound_gen",  # audio files by path
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "mtbench_gen": "MultiTurnGenInferencer: not supported yet",
     "aime2025_gen_0_shot_llmjudge": "judge_infer_cfg",
-    "mmstar_gen": "MMPromptTemplate",
+    "omnidocbench_gen": "evaluator needs apted",
     "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
 }
 

@@ -5,7 +5,8 @@ No CPU model here reads images, so the engine is the simulator (`engine.kind: si
 receives (`engine.sim.record_requests`). What is checked is what was sent and how it was scored, never what a model
 answered: the references are made from the simulator's filler, so some verdicts are right and the others wrong.
 Two configs share one tiny textvqa file: `textvqa_gen` (images as file:// URLs) and a copy of
-`textvqa_gen_base64` under another abbr (images inline, base64 data URLs).
+`textvqa_gen_base64` under another abbr (images inline, base64 data URLs). `ais_bench` posts to the endpoint URL
+(Serve's proxy and the ingress), evalcluster through Serve handles (the data plane): the engine sees the same bodies.
 """
 
 from __future__ import annotations
@@ -149,8 +150,9 @@ def test_image_bodies_and_scores_equal_those_of_the_ais_bench_cli_on_the_simulat
         details = [theirs[abbr]["details"][str(i)] for i in range(ROWS)]
         assert rows["correct"].astype(bool).tolist() == [verdict(d) for d in details] == [True, False] * (ROWS // 2)
         assert rows["correct"].mean() * 100 == pytest.approx(theirs[abbr]["accuracy"])
-    stored = pd.read_parquet(RunDir(output).samples_parquet)["prompt"]
-    assert stored.str.len().max() < 1000  # inline images are not stored once per sample whole
+    samples = pd.read_parquet(RunDir(output).samples_parquet)
+    assert samples["endpoint"].str.startswith("serve:").all()  # evalcluster sent through Serve handles
+    assert samples["prompt"].str.len().max() < 1000  # inline images are not stored whole once per sample
 
 
 def test_a_body_over_the_ingress_limit_goes_through_serve_handles_and_fails_clearly_over_http(
@@ -196,3 +198,20 @@ def test_a_missing_or_relative_image_path_is_refused_at_load_naming_the_row(tmp_
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ConfigError, match=r"row 1: image_url 'file://images/img0\.jpg' is not an absolute file://"):
         load_dataset("textvqa_gen", tmp_path)
+
+
+def test_a_job_through_its_own_ingress_refuses_a_body_over_the_limit_before_sending(tmp_path) -> None:
+    from eval_jobs.config import EvalConfig
+    from eval_jobs.evaluation import build_requests
+    from eval_jobs.multimodal import check_body_sizes
+
+    write_textvqa(tmp_path / TEXTVQA, ["red", "green"])
+    dataset = load_dataset("textvqa_gen_base64", tmp_path)
+    requests = build_requests(EvalConfig(datasets=["textvqa_gen_base64"], output=str(tmp_path / "run")),
+                              {"m": "http://127.0.0.1:1"}, [dataset])
+    sizes = [len(json.dumps(r.body).encode()) for r in requests]
+    check_body_sizes(requests, max(sizes))
+    with pytest.raises(ConfigError, match=rf"dataset 'textvqa' row 1: request body of {sizes[0]} bytes exceeds "
+                                          rf"serve.max_request_bytes = {min(sizes) - 1}: raise it, or leave "
+                                          "eval.transport at auto"):
+        check_body_sizes(requests, min(sizes) - 1)
