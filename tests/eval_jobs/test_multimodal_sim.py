@@ -139,7 +139,9 @@ def test_image_bodies_and_scores_equal_those_of_the_ais_bench_cli_on_the_simulat
     assert sum(u.startswith("file:///") for u in urls) == ROWS
     assert sum(u.startswith("data:image/jpeg;base64,/9j/") for u in urls) == ROWS  # the JPEG files, inline
 
-    # Scored here by the test: a run on a simulator reports no scores in production.
+    # Scored here by the test: a run on a simulator reports no scores in production, also through an endpoint.
+    summary = pd.read_csv(RunDir(output).summary_csv)
+    assert summary["simulated"].all() and "value" not in summary
     store = SampleStore(RunDir(output).samples_jsonl)
     datasets = {d.name: d for d in (load_dataset("textvqa_gen", data_dir),
                                     load_dataset(config_dir / "datasets" / f"{BASE64_COPY}.py", data_dir))}
