@@ -82,6 +82,9 @@ class EvalDataset:
     # the first option's, for anything that shows one prompt per row).
     ppl_labels: list[str] | None = None
     ppl_options: list[list[list[dict[str, Any]]]] | None = None
+    # Multi-turn datasets (eval_jobs/multiturn.py): per row, its conversation's turns (`messages[i]` is then the
+    # scored turn's messages: the first turn's, or in mode `last` the one request).
+    conversations: list[dict[str, Any]] | None = None
 
     @property
     def is_ppl(self) -> bool:
@@ -243,7 +246,7 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None,
 
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None) -> EvalDataset:
-    from eval_jobs import multimodal, ppl  # ppl imports us
+    from eval_jobs import multimodal, multiturn, ppl  # here, not at the top: ppl imports us
     from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
     abbr = str(dcfg.get("abbr", config_path.stem))
@@ -265,6 +268,8 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
     # repeats itself (sample keys carry the repeat number).
     build_cfg.pop("n", None)
     build_cfg.pop("k", None)
+    model = model or load_model_config()
+    _fill_model_path(build_cfg, model, where)
     # Refused before the first request: a run must not send a dataset it cannot score at the end.
     missing = missing_evaluator_packages(dcfg.get("eval_cfg") or {})
     if missing:
@@ -273,18 +278,21 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
     dataset = build_rows(build_cfg, data_dir, data_path, where)
     reader = dataset.reader
     test = dataset.test
-    model = model or load_model_config()
-    labels, options = None, None
+    labels, options, conversations = None, None, None
+    max_out_lens = reader.get_max_out_len()
     if ppl.is_ppl(infer_cfg):
         labels, options = ppl.render_options(dataset, infer_cfg)
         messages = [row[0] for row in options]
+    elif multiturn.is_multiturn(infer_cfg):
+        conversations = multiturn.render_conversations(dataset, infer_cfg, model, where)
+        messages = [row["turns"][0]["messages"] for row in conversations]
+        max_out_lens = None  # per turn, in `conversations`
     else:
         messages = render(dataset, infer_cfg, model)
         if multimodal.is_multimodal(infer_cfg):
             multimodal.check_media(messages, where)
     rows = [dict(row) for row in test]
     output_column = reader.output_column
-    max_out_lens = reader.get_max_out_len()
     return EvalDataset(
         name=abbr,
         config_name=config_path.stem,
@@ -301,8 +309,26 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
         max_out_lens=list(max_out_lens) if max_out_lens is not None else None,
         ppl_labels=labels,
         ppl_options=options,
+        conversations=conversations,
         api=model.api,
     )
+
+
+def _fill_model_path(build_cfg: Any, model: ModelConfig, where: str) -> None:
+    """A dataset class that counts tokens with the model's tokenizer (ShareGPTDataset) gets the model config's
+    `path` as `model_path`, as `ais_bench` gives it (cli/utils.py:fill_model_path_if_datasets_need); a dataset
+    config that names `model_path` itself keeps it when the model config has none."""
+    from ais_bench.benchmark.cli.utils import DATASETS_NEED_MODELS
+
+    if _type_name(build_cfg.get("type")) not in DATASETS_NEED_MODELS:
+        return
+    if model.cfg.get("path"):
+        build_cfg.update(model_path=model.cfg["path"], trust_remote_code=model.cfg.get("trust_remote_code", False))
+    elif not build_cfg.get("model_path"):
+        raise ConfigError(f"{where}: {_type_name(build_cfg.get('type')).rsplit('.', 1)[-1]} counts tokens with the "
+                          f"model's tokenizer, which AISBench takes from the model config's `path`, and "
+                          f"eval.model_config {model.name} has none: give a model config whose `path` is the "
+                          "model's directory (or set `model_path` in the dataset config)")
 
 
 def build_rows(build_cfg: Any, data_dir: Path, data_path: Path | None, where: str) -> Any:

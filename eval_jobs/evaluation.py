@@ -28,17 +28,18 @@ from cluster.errors import ConfigError, HostLostError
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.prompts import aisbench_request_defaults
+from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.model_config import load_model_config
 from eval_jobs.multimodal import check_body_sizes
-from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.multiturn import conversation_request
 from eval_jobs.ppl import ppl_request, reuse_parts
-from eval_jobs.records import SampleKey, SampleRequest, SampleResult
+from eval_jobs.prompts import aisbench_request_defaults
 from eval_jobs.provenance import library_versions, provenance
+from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.report import print_summary, write_config, write_report
-from eval_jobs.tables import samples_frame
 from eval_jobs.scoring import judge_frame, summarize
 from eval_jobs.store import ResumePlan, RunDir, SampleStore, matching, plan_resume
+from eval_jobs.tables import samples_frame
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer
 from eval_jobs.work import ClientSettings, distribute
@@ -67,6 +68,8 @@ def build_requests(
                     fields = {"model": model, **cfg.generation.request_fields(repeat, row_limit, defaults)}
                     if ds.ppl_options is not None:  # a question of a PPL dataset: one request per option
                         request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
+                    elif ds.conversations is not None:  # a conversation: one request per turn
+                        request = conversation_request(key, endpoint, ds.conversations[index], fields)
                     else:
                         request = SampleRequest(key=key, endpoint=endpoint, body={**ds.request_input(index), **fields})
                     if identities is not None:
@@ -219,8 +222,10 @@ def run_job(job: JobConfig) -> pd.DataFrame:
                 on_results(results)
 
             try:
-                todo = reuse_parts(plan.todo, store.latest())  # a failed PPL question keeps its answered options
-                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints))
+                # A failed PPL question keeps its answered options, a conversation its answered turns.
+                todo = reuse_parts(plan.todo, store.latest())
+                distribute(todo, client_settings(cfg), cfg.clients, record, watch=serving_watch(endpoints),
+                           on_progress=store.append)
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
 

@@ -27,13 +27,18 @@ def retriever_for(dataset: Any, infer_cfg: Any) -> Any:
 def render(dataset: Any, infer_cfg: Any, model_config: ModelConfig | None = None) -> list[list[dict[str, Any]] | str]:
     """What each test row sends, built the way GenInferencer.get_data_list and the model config's class do: chat
     messages (VLLMCustomAPIChat), or the prompt string its meta_template makes (VLLMCustomAPI). For a PPL dataset:
-    each row's first option (`ppl.render_options` gives them all)."""
+    each row's first option (`ppl.render_options` gives them all); for a multi-turn one, each row's first request
+    (`multiturn.render_conversations` gives them all)."""
     from ais_bench.benchmark.models.output import RequestOutput
 
-    from eval_jobs import ppl
+    from eval_jobs import multiturn, ppl
 
     if ppl.is_ppl(infer_cfg):
         return [row[0] for row in ppl.render_options(dataset, infer_cfg)[1]]
+    if multiturn.is_multiturn(infer_cfg):
+        conversations = multiturn.render_conversations(dataset, infer_cfg, model_config or load_model_config(),
+                                                       "dataset")
+        return [row["turns"][0]["messages"] for row in conversations]
     retriever = retriever_for(dataset, infer_cfg)
     replace_token = infer_cfg["inferencer"].get("gen_field_replace_token", "") or ""
     model_config = model_config or load_model_config()

@@ -16,24 +16,33 @@ class SampleKey(NamedTuple):
     repeat: int
 
 
-class SampleRequest(BaseModel):
+class _SampleParts(BaseModel):
+    """What a request and the record of its answer both carry."""
+
+    fingerprint: str | None = Field(
+        None, description="What produces this sample's answer (request body, dataset row, checkpoint identity), "
+        "hashed: a stored record counts for a rerun only if its fingerprint is the same (eval_jobs/fingerprint.py). "
+        "Records written before fingerprints existed have none, and match nothing.",
+    )
+    parts: list[dict[str, Any]] = Field(
+        default_factory=list, description="A sample made of several requests (eval_jobs/ppl.py: one per answer "
+        "option; eval_jobs/multiturn.py: one per turn). In a request, each part's {'label', 'body'}, and `body` "
+        "holds only what they share, or all of them; in a result, what each part gave (per option its label, "
+        "perplexity and prompt tokens; per turn the messages sent, the reply, its tokens and timings), and "
+        "`response` is the sample's answer (the chosen label; the reply AISBench scores). Empty: one request, `body`.",
+    )
+
+
+class SampleRequest(_SampleParts):
     """What a client actor needs to send one sample: the key, the endpoint, and the exact request body."""
 
     key: SampleKey
     endpoint: str = Field(description="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000")
     body: dict[str, Any] = Field(description="The /v1/chat/completions body (messages, model, sampling params), or "
                                  "the /v1/completions one (prompt instead of messages).")
-    fingerprint: str | None = Field(
-        None, description="What produces this sample's answer (request body, dataset row, checkpoint identity), "
-        "hashed: a stored record counts for a rerun only if its fingerprint is the same (eval_jobs/fingerprint.py).",
-    )
-    parts: list[dict[str, Any]] = Field(
-        default_factory=list, description="A sample made of several requests (eval_jobs/ppl.py: one per answer "
-        "option, each {'label', 'body'}); `body` then holds only what they share. Empty: one request, `body`.",
-    )
 
 
-class SampleResult(BaseModel):
+class SampleResult(_SampleParts):
     """One finished sample as written to the run's store. `status` is final for this attempt."""
 
     model: str
@@ -63,15 +72,6 @@ class SampleResult(BaseModel):
     finished_at: float | None = Field(
         None, description="Unix time the last attempt ended (retries and backoff included); for throughput."
     )
-    fingerprint: str | None = Field(
-        None, description="The request's fingerprint; records written before fingerprints existed have none, and "
-        "match nothing.",
-    )
-    parts: list[dict[str, Any]] = Field(
-        default_factory=list, description="What each part of a many-request sample gave (eval_jobs/ppl.py: per "
-        "option its label, perplexity and prompt tokens); `response` is then the sample's answer (the chosen label).",
-    )
-
     @property
     def key(self) -> SampleKey:
         return SampleKey(self.model, self.dataset, self.index, self.repeat)

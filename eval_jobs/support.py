@@ -1,6 +1,6 @@
 """What evalcluster can evaluate here, decided at dataset load, before the first request is sent.
 
-    unsupported(dataset_cfg)             # "MultiTurnGenInferencer: not supported yet (...)" or None
+    unsupported(dataset_cfg)             # "BFCLV3FunctionCallInferencer: not supported yet (...)" or None
     missing_evaluator_packages(eval_cfg) # ["math-verify"] when math500's evaluator could not score here
 
 Packages AISBench's evaluators need but import only while scoring would fail a run at its end, after every
@@ -50,8 +50,8 @@ def unsupported(dcfg: Any) -> str | None:
     """Why evalcluster cannot evaluate this dataset dict yet (one line naming the capability), or None."""
     infer_cfg = dcfg.get("infer_cfg") or {}
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
-    if inferencer not in ("GenInferencer", "PPLInferencer"):
-        return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer)"
+    if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
+        return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
     if dcfg.get("judge_infer_cfg"):
         return "judge_infer_cfg (an LLM judges the answers): not supported yet"
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):

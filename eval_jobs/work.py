@@ -6,6 +6,9 @@ but its leases and the answers it had not handed back yet: those samples go back
 driver sees the death, or when its lease expires: clients renew the leases of requests still streaming, so only a
 client that stopped renewing loses them) and are sent again; a result that arrives for a sample already finished
 elsewhere is dropped and clears any lease on it, so every key is reported once and the queue always drains.
+A sample of several requests in a row (a conversation, eval_jobs/multiturn.py) also hands back its progress after
+each request (`progress`): a lease given back resumes from it, and the driver makes it durable before the sample's
+final record.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.net import is_loopback
 from eval_jobs.client import SERVE_SCHEME, Bounds, Transports, failed_result, send_chat
-from eval_jobs.ppl import send_ppl
+from eval_jobs.multiturn import is_conversation, send_conversation
+from eval_jobs.ppl import reuse_parts, send_ppl
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class Leases:
         self._held: dict[SampleKey, tuple[str, float]] = {}  # key → (client, expires at)
         self._finished: set[SampleKey] = set()
         self._results: list[SampleResult] = []
+        self._progress: list[SampleResult] = []  # unfinished samples' records so far, for the driver
         self._ttl_s = ttl_s
         self._clock = clock
 
@@ -108,6 +113,17 @@ class Leases:
             self._finished.add(key)
             self._results.append(result)
 
+    def progress(self, client: str, partial: SampleResult) -> bool:
+        """Keep what `client` has answered of a sample it holds (a failed record of its parts so far): the sample's
+        request now carries those parts, so whoever is leased it next sends only the rest, and the driver gets the
+        record (`take`). False, and nothing kept, when `client` no longer holds the sample."""
+        key = partial.key
+        if key in self._finished or self._held.get(key, (None,))[0] != client:
+            return False
+        self._requests[key] = reuse_parts([self._requests[key]], {key: partial})[0]
+        self._progress.append(partial)
+        return True
+
     def renew(self, client: str, keys: Sequence[SampleKey]) -> list[SampleKey]:
         """Push back the expiry of `client`'s leases on `keys`; returns the keys it no longer holds (expired and
         leased again, or finished by someone else), whose requests it can stop."""
@@ -131,6 +147,13 @@ class Leases:
         """Finished results not yet taken, and how many samples are still unfinished."""
         results, self._results = self._results, []
         return results, self.remaining()
+
+    def take(self) -> tuple[list[SampleResult], list[SampleResult], int]:
+        """(progress records, finished results, how many unfinished), taken at once: a sample's progress is always
+        handed over with or before its final record, so the driver, writing progress first, never writes it after
+        the final one (where it would supersede it)."""
+        progress, self._progress = self._progress, []
+        return (progress, *self.take_results())
 
     def remaining(self) -> int:
         return len(self._requests) - len(self._finished)
@@ -176,7 +199,7 @@ class EvalClient:
                     batch = await queue.lease.remote(self._name, min(free, s.lease_size), finished)
                     finished = []
                 for request in batch:
-                    in_flight[asyncio.create_task(self._one(session, request))] = request.key
+                    in_flight[asyncio.create_task(self._one(session, request, queue))] = request.key
                 sent += len(batch)
                 if batch and len(in_flight) < s.concurrency:
                     continue  # fill every slot before waiting
@@ -204,10 +227,15 @@ class EvalClient:
             log.warning("%s: %d leases were lost (expired or finished elsewhere); their requests stopped",
                         self._name, len(lost))
 
-    async def _one(self, session, request: SampleRequest) -> SampleResult:
+    async def _one(self, session, request: SampleRequest, queue) -> SampleResult:
         s = self._settings
         try:
-            # A sample of many requests (a PPL question: one per option) is sent by its own module.
+            # A sample of many requests (a PPL question: one per option; a conversation: one per turn) is sent by
+            # its own module; a conversation's answered turns go to the queue before its next turn is sent.
+            if is_conversation(request):
+                return await send_conversation(
+                    session, request, bounds=s.bounds(), max_retries=s.max_retries, backoff_s=s.backoff_s,
+                    on_turn=lambda partial: queue.progress.remote(self._name, partial))
             send = send_ppl if request.parts else send_chat
             return await send(session, request, bounds=s.bounds(), max_retries=s.max_retries, backoff_s=s.backoff_s)
         except Exception as exc:  # send_chat records failures itself; this guards the actor against its bugs
@@ -236,11 +264,13 @@ def distribute(
     num_clients: int,
     on_results: Callable[[list[SampleResult]], None],
     watch: Callable[[], None] | None = None,
+    on_progress: Callable[[list[SampleResult]], None] | None = None,
 ) -> int:
     """Run `requests` through `num_clients` client actors; `on_results` gets every finished batch (it must make them
-    durable before returning). Returns, once every request has a result, how many times a client actor died and
-    was restarted. `watch` is called between turns and may raise to end the run (a host was lost and what it
-    served cannot come back): results so far are kept."""
+    durable before returning), `on_progress` the records of samples answered in part so far (a conversation's
+    turns: failed records a later final one supersedes), always before their final records. Returns, once every
+    request has a result, how many times a client actor died and was restarted. `watch` is called between turns
+    and may raise to end the run (a host was lost and what it served cannot come back): results so far are kept."""
     if not requests:
         return 0
     # The queue lives on the driver's host: it is the run's state, and should any other host die, it survives.
@@ -263,7 +293,9 @@ def distribute(
     restarts: collections.Counter[str] = collections.Counter()
     try:
         while True:
-            results, remaining = ray.get(queue.take_results.remote())
+            progress, results, remaining = ray.get(queue.take.remote())
+            if progress and on_progress:
+                on_progress(progress)  # first: see Leases.take
             if results:
                 on_results(results)
             if remaining == 0:

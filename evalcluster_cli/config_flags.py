@@ -1,25 +1,31 @@
-"""Command-line flags generated from a pydantic config model: every field gets one, with its description as help.
+"""Command-line flags generated from a pydantic config model: every field gets one, with its description and its
+environment variable as help.
 
-    add_config_flags(parser, EvalConfig, "eval", aliases={"timeout_s": ["--timeout"]})
+    add_config_flags(parser, EvalConfig, "eval", short_names=True, aliases={"timeout_s": ["--timeout"]})
     overrides = config_overrides(args, "eval")     # {"timeout_s": 30, "generation": {"temperature": 0}}
 
-A field `num_repeats` is `--num-repeats`; a nested model's fields (`generation.temperature`) are flat flags
-(`--temperature`), since their names do not collide; a field with an alias is named by it (`model_config`). Values
-are typed from the field: numbers and strings as such, `Literal` fields as choices, lists as several values, booleans
-as `--flag` / `--no-flag`, dicts as repeated `KEY=VALUE` (the value read as YAML: `enable_thinking=false` is a
-boolean). Only flags given on the command line become overrides; the config file and the model's defaults supply the
-rest, and pydantic validates the result as it does a YAML file, naming field and value.
+Every field has its full name, `--SECTION.FIELD[.SUBFIELD]` (`--serve.engine.platform`, `--eval.num-repeats`), in
+every command that reads that section, and the environment variable `EVALCLUSTER_SECTION__FIELD[__SUBFIELD]`
+(`cluster/configfile.py` reads those). A command's own section also has short names: the field's last part
+(`evalcluster eval --num-repeats`, `--temperature`), or its whole path where two fields share the last part
+(`--judge-endpoint`); older names are kept as aliases. Values are typed from the field: numbers and strings as
+such, `Literal` fields as choices, lists as several values, booleans as `--flag` / `--no-flag`, dicts as repeated
+`KEY=VALUE` (the value read as YAML: `enable_thinking=false` is a boolean), lists of mappings (`serve.models`,
+`sweep.checkpoints`) as one YAML value. Only flags given on the command line become overrides: file < environment
+< flags, and pydantic validates the result as it does a YAML file, naming field and value.
 """
 
 from __future__ import annotations
 
 import argparse
-import types
+import collections
 import typing
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, SecretStr
+
+from cluster.configfile import config_fields, env_name, unwrap_optional
 
 SEP = "."  # argparse dest = SECTION.field[.subfield]
 
@@ -31,17 +37,15 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value) if value else ""
 
 
-def _unwrap(annotation: Any) -> Any:
-    """`X | None` → X."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"not valid YAML: {exc}") from None
 
 
 def _flag_kwargs(annotation: Any) -> dict[str, Any]:
-    kind = _unwrap(annotation)
+    kind = unwrap_optional(annotation)
     origin = typing.get_origin(kind)
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -53,38 +57,35 @@ def _flag_kwargs(annotation: Any) -> dict[str, Any]:
         return {"choices": list(typing.get_args(kind))}
     if origin is list:
         [item] = typing.get_args(kind) or (str,)
-        kwargs = _flag_kwargs(item)
-        return {**kwargs, "nargs": "*"}
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return {"type": _yaml_value, "metavar": "YAML"}
+        return {**_flag_kwargs(item), "nargs": "*"}
     if origin is dict or kind is dict:
         return {"type": _key_value, "action": "append", "metavar": "KEY=VALUE"}
-    return {"type": str}
+    return {"type": _yaml_value, "metavar": "YAML"}
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, model: type[BaseModel], section: str, *,
-    aliases: dict[str, list[str]] | None = None, skip: tuple[str, ...] = (),
+    parser: argparse.ArgumentParser, model: type[BaseModel], section: str, *, short_names: bool = False,
+    aliases: dict[str, list[str]] | None = None,
 ) -> None:
-    """One flag per field of `model` (and of the models nested in it), in an argument group named `section`."""
-    group = parser.add_argument_group(f"{section}: settings (each an `{section}:` field of the config file)")
-    _add(group, model, section, aliases or {}, skip)
-
-
-def _add(group: Any, model: type[BaseModel], dest: str, aliases: dict[str, list[str]], skip: tuple[str, ...]) -> None:
-    for name, info in model.model_fields.items():
-        if name in skip:
-            continue
-        key = info.alias or name
-        kind = _unwrap(info.annotation)
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            _add(group, kind, dest + SEP + key, aliases, skip)
-            continue
-        flags = [*aliases.get(name, []), "--" + key.replace("_", "-")]
-        help_text = (info.description or "").replace("%", "%%") or None
+    """One flag per field of `model` (and of the models nested in it), in an argument group named `section`.
+    `aliases`: dotted field (`engine.platform`) → more names for its flag."""
+    group = parser.add_argument_group(f"{section}: settings (each an `{section}:` field of the config file; "
+                                      f"the flag wins over its environment variable, which wins over the file)")
+    fields = list(config_fields(model))
+    leaves = collections.Counter(path[-1] for path, _ in fields)
+    for path, info in fields:
+        dotted = SEP.join(path)
+        flags = [*(aliases or {}).get(dotted, []), "--" + section + SEP + dotted.replace("_", "-")]
+        if short_names:  # the last part, or the whole path where two fields share it (`--judge-endpoint`)
+            flags.insert(0, "--" + "-".join(path[-1:] if leaves[path[-1]] == 1 else path).replace("_", "-"))
+        description = (info.description or "").replace("%", "%%")
         kwargs = _flag_kwargs(info.annotation)
         if "choices" not in kwargs and "metavar" not in kwargs and kwargs.get("action") is None:
-            kwargs["metavar"] = key.upper()
-        group.add_argument(*dict.fromkeys(flags), dest=dest + SEP + key, default=argparse.SUPPRESS,
-                           help=help_text, **kwargs)
+            kwargs["metavar"] = path[-1].upper()
+        group.add_argument(*dict.fromkeys(flags), dest=section + SEP + dotted, default=argparse.SUPPRESS,
+                           help=f"{description} [${env_name((section, *path))}]".lstrip(), **kwargs)
 
 
 def config_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
-from cluster.configfile import load_section, load_yaml, merge, validate
+from cluster.configfile import load_section
 from cluster.errors import ConfigError, run_command
 from eval_jobs.config import EvalConfig
+from eval_jobs.sweep.config import SweepConfig
 from evalcluster_cli.config_flags import add_config_flags, config_overrides
+from serve_apps.config import ServeConfig
 
 SEED_EXAMPLE = "evalcluster serve --model DIR --tensor-parallel-size 8 --platform ascend"
 
@@ -31,14 +33,8 @@ def _engine_arg(text: str) -> tuple[str, Any]:
     return key, True if lowered in ("", "true") else False if lowered == "false" else value
 
 
-def _api_key_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api-key", help="the endpoint's key; visible to every user in `ps`: prefer --api-key-file or "
-                   "$EVALCLUSTER_API_KEY")
-    p.add_argument("--api-key-file", metavar="FILE", help="file holding the endpoint's key (mode 0600)")
-
-
 def _warn_key_in_argv(args: argparse.Namespace) -> None:
-    if getattr(args, "api_key", None) or vars(args).get("eval.api_key"):
+    if any(dest.rsplit(".", 1)[-1] == "api_key" and value for dest, value in vars(args).items()):
         print("warning: --api-key is visible to every user of this machine in `ps`; use --api-key-file or "
               "$EVALCLUSTER_API_KEY", file=sys.stderr)
 
@@ -49,9 +45,16 @@ def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
 
 # -- serve ------------------------------------------------------------------------------------------------------
 
+# Names the serve: flags had before they were generated from ServeConfig (each also has its full name).
+ENGINE_FLAG_ALIASES = {"engine.platform": ["--platform"], "engine.python": ["--engine-python"],
+                       "engine.kind": ["--engine"], "engine.startup_timeout_s": ["--startup-timeout"]}
+ENDPOINT_FLAG_ALIASES = {"host": ["--host"], "port": ["--port"], "api_key": ["--api-key"],
+                         "api_key_file": ["--api-key-file"]}
+CLUSTER_FLAG_ALIASES = {"address": ["--address"]}
 
-def add_serve_flags(p: argparse.ArgumentParser, *, model_flag: str = "--model") -> None:
-    """The seed's `api_server` flags, plus where and how engines run."""
+
+def add_checkpoint_flags(p: argparse.ArgumentParser, *, model_flag: str = "--model") -> None:
+    """The seed's `api_server` flags: each --model is one entry of `serve.models`, the others apply to every one."""
     g = p.add_argument_group("checkpoints (the vllm-mindspore api_server flags)")
     g.add_argument(model_flag, dest="model_dirs", action="append", metavar="DIR", help="checkpoint directory "
                    "(or a prepared model name: smollm2-135m-instruct, tiny-qwen2); repeat for several")
@@ -64,25 +67,14 @@ def add_serve_flags(p: argparse.ArgumentParser, *, model_flag: str = "--model") 
     g.add_argument("--num-replicas", type=int, help="engine replicas per checkpoint")
     g.add_argument("--engine-arg", action="append", type=_engine_arg, default=[], metavar="KEY=VALUE",
                    help="extra engine flag, repeatable (e.g. --engine-arg max-num-seqs=64)")
-    e = p.add_argument_group("engine")
-    e.add_argument("--platform", choices=["ascend", "cuda", "cpu"])
-    e.add_argument("--engine-python", help="interpreter of the engine environment")
-    e.add_argument("--engine", dest="engine_kind", choices=["vllm", "sim"],
-                   help="'sim': simulated-latency engine for orchestration benchmarks (never scored)")
-    e.add_argument("--startup-timeout", type=float, dest="startup_timeout_s")
 
 
-def serve_overrides(args: argparse.Namespace, *, with_endpoint: bool) -> dict[str, Any]:
-    """The `serve:` fields the flags set (models replace the file's list when --model is given)."""
-    fields: dict[str, Any] = {}
-    if with_endpoint:
-        fields.update(_drop_none({"host": args.host, "port": args.port, "api_key": args.api_key,
-                                  "api_key_file": args.api_key_file}))
-    engine = _drop_none({"platform": args.platform, "python": args.engine_python, "kind": args.engine_kind,
-                         "startup_timeout_s": args.startup_timeout_s})
-    if engine:
-        fields["engine"] = engine
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `serve:` fields the flags set; the checkpoint flags, when --model is given, replace `serve.models`."""
+    fields = config_overrides(args, "serve")
     if args.model_dirs:
+        if "models" in fields:
+            raise ConfigError("give the checkpoints either as --model flags or as --serve.models, not both")
         names = args.served_model_name or []
         if names and len(names) != len(args.model_dirs):
             raise ConfigError(f"--served-model-name given {len(names)} times for {len(args.model_dirs)} --model")
@@ -100,15 +92,12 @@ def serve_overrides(args: argparse.Namespace, *, with_endpoint: bool) -> dict[st
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cluster.connection import ray_session
-    from serve_apps.config import ServeConfig
     from serve_apps.endpoint import Endpoint
 
-    data = merge(load_yaml(args.config).get("serve") or {} if args.config else {},
-                 serve_overrides(args, with_endpoint=True))
-    cfg = validate(ServeConfig, data, source=args.config or "command line", section="serve")
+    cfg = load_section(args.config, "serve", ServeConfig, overrides=serve_overrides(args))
     if not cfg.models:
         raise ConfigError(f"nothing to serve: give --model DIR or a config with serve.models (e.g. {SEED_EXAMPLE})")
-    cluster = ClusterConfig(address=args.address) if args.address else _cluster_section(args.config)
+    cluster = load_section(args.config, "cluster", ClusterConfig, overrides=config_overrides(args, "cluster"))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it the way Ctrl-C does
     with ray_session(cluster):
         endpoint = Endpoint(cfg)
@@ -128,10 +117,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_section(config: str | None) -> ClusterConfig:
-    return load_section(config, "cluster", ClusterConfig) if config else ClusterConfig()
-
-
 # -- eval -------------------------------------------------------------------------------------------------------
 
 
@@ -144,24 +129,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from eval_jobs.config import load_job_config
     from eval_jobs.evaluation import exit_code, run_job
 
-    eval_fields = config_overrides(args, "eval")
-    serve = serve_overrides(args, with_endpoint=False)
+    serve = serve_overrides(args)
     if args.model_dirs:
-        serve["port"] = 0  # the job's own endpoint: any free port, so it never collides with a running server
-    overrides = {"eval": eval_fields, "serve": serve}
-    if args.address:
-        overrides["cluster"] = {"address": args.address}
-    job = load_job_config(args.config, overrides)
-    return exit_code(run_job(job))
+        serve.setdefault("port", 0)  # the job's own endpoint: any free port, so it never collides with a server
+    overrides = {"cluster": config_overrides(args, "cluster"), "serve": serve, "eval": config_overrides(args, "eval")}
+    return exit_code(run_job(load_job_config(args.config, overrides)))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from eval_jobs.sweep.config import load_sweep_config
     from eval_jobs.sweep.run import run_sweep
 
-    overrides = {"eval": _drop_none({"output": args.output}), "sweep": _drop_none({"watch": args.watch})}
-    if args.address:
-        overrides["cluster"] = {"address": args.address}
+    overrides = {section: config_overrides(args, section) for section in ("cluster", "serve", "eval", "sweep")}
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `ray job stop` and kill: stop as Ctrl-C does
     return run_sweep(load_sweep_config(args.config, overrides)).exit_code
 
@@ -266,27 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="one OpenAI endpoint for one or more checkpoints")
-    add_serve_flags(p)
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    _api_key_flags(p)
     p.add_argument("--config", help="YAML with a serve: section (and optionally cluster:)")
-    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    add_checkpoint_flags(p)
+    add_config_flags(p, ServeConfig, "serve", aliases={**ENDPOINT_FLAG_ALIASES, **ENGINE_FLAG_ALIASES})
+    add_config_flags(p, ClusterConfig, "cluster", aliases=CLUSTER_FLAG_ALIASES)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="evaluate checkpoints on AISBench datasets")
     p.add_argument("config", nargs="?", help="job YAML (cluster:, serve:, eval:); flags override it")
-    add_serve_flags(p, model_flag="--model-dir")
-    # Every eval: field has a flag, generated from the model (names as in the YAML, plus the older short ones).
-    add_config_flags(p, EvalConfig, "eval", aliases=EVAL_FLAG_ALIASES)
-    p.add_argument("--address", help="Ray cluster to run on")
+    add_checkpoint_flags(p, model_flag="--model-dir")
+    add_config_flags(p, EvalConfig, "eval", short_names=True, aliases=EVAL_FLAG_ALIASES)
+    add_config_flags(p, ServeConfig, "serve", aliases=ENGINE_FLAG_ALIASES)
+    add_config_flags(p, ClusterConfig, "cluster", aliases=CLUSTER_FLAG_ALIASES)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sweep", help="evaluate many checkpoints of a training run, as many at once as fit")
     p.add_argument("config", help="sweep YAML (cluster:, serve:, eval:, sweep:)")
-    p.add_argument("--watch", metavar="DIR", help="keep evaluating new checkpoints written to DIR")
-    p.add_argument("--output", help="sweep directory (running again resumes)")
-    p.add_argument("--address", help="Ray cluster to run on")
+    add_config_flags(p, SweepConfig, "sweep", short_names=True)
+    add_config_flags(p, EvalConfig, "eval", aliases={"output": ["--output"]})
+    add_config_flags(p, ServeConfig, "serve", aliases=ENGINE_FLAG_ALIASES)
+    add_config_flags(p, ClusterConfig, "cluster", aliases=CLUSTER_FLAG_ALIASES)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("convert", help="MindSpore .ckpt or MindRLHF shards -> an HF safetensors directory")

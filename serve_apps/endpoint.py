@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 import httpx
 import ray
 from ray import serve
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.serve.context import _get_global_client  # the only way to read a running Serve's HTTP port
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from serve_apps.builder import build_engine_app, build_ingress_app
 from cluster.errors import ClusterConnectionError, ConfigError, InfeasiblePlacementError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from cluster.watchdog import find_infeasible
+from serve_apps.builder import build_engine_app, build_ingress_app
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.errors import EngineStartupError, ModelNotFoundError, WaitCancelled
 from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name, served_model
@@ -168,8 +168,7 @@ class Endpoint:
 
     def remove_model(self, name: str) -> None:
         """Retire a checkpoint: its replicas stop and its engines are terminated."""
-        serve.delete(engine_app_name(name), _blocking=True)
-        self._models.pop(name, None)
+        self.remove_models([name])
 
     def remove_models(self, names: Iterable[str], timeout_s: float = 120.0) -> None:
         """Retire several checkpoints at once: Serve deletes them side by side instead of one after another."""

@@ -157,6 +157,81 @@ def test_every_eval_field_has_a_flag_and_the_flags_become_the_config():
     assert (cfg.generation.stream_interval, cfg.generation.max_out_len) == (4, 64)
 
 
+def _subcommand(parser, name):
+    [sub] = [a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" " + name)]
+    return sub
+
+
+def test_every_config_field_has_a_flag_and_a_variable_in_every_command_that_reads_its_section():
+    from cluster.config import ClusterConfig
+    from cluster.configfile import config_fields
+    from eval_jobs.config import EvalConfig
+    from eval_jobs.sweep.config import SweepConfig
+    from evalcluster_cli.main import build_parser
+    from serve_apps.config import ServeConfig
+
+    parser = build_parser()
+    reads = {"serve": {"serve": ServeConfig, "cluster": ClusterConfig},
+             "eval": {"eval": EvalConfig, "serve": ServeConfig, "cluster": ClusterConfig},
+             "sweep": {"sweep": SweepConfig, "eval": EvalConfig, "serve": ServeConfig, "cluster": ClusterConfig}}
+    for command, sections in reads.items():
+        actions = {a.dest: a for a in _subcommand(parser, command)._actions}
+        for section, model in sections.items():
+            for path in (p for p, _ in config_fields(model)):
+                dest = ".".join((section, *path))
+                assert dest in actions, f"{command}: no flag for {dest}"
+                variable = "EVALCLUSTER_" + "__".join(k.upper() for k in (section, *path))
+                assert "--" + dest.replace("_", "-") in actions[dest].option_strings
+                assert f"[${variable}]" in actions[dest].help, (dest, actions[dest].help)
+
+
+def test_the_environment_sets_fields_over_the_file_and_the_flags_over_both(tmp_path, monkeypatch):
+    from eval_jobs.config import load_job_config
+    from eval_jobs.sweep.config import load_sweep_config
+    from evalcluster_cli.config_flags import config_overrides
+    from evalcluster_cli.main import build_parser
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("eval: {endpoint: 'http://127.0.0.1:9', datasets: [demo], num_repeats: 2, limit: 5}\n"
+                        "serve: {engine: {platform: ascend}}\n")
+    monkeypatch.setenv("EVALCLUSTER_EVAL__NUM_REPEATS", "3")
+    monkeypatch.setenv("EVALCLUSTER_EVAL__GENERATION__TEMPERATURE", "0.5")
+    monkeypatch.setenv("EVALCLUSTER_EVAL__TRACKERS", "[tensorboard]")
+    monkeypatch.setenv("EVALCLUSTER_SERVE__ENGINE__PLATFORM", "cpu")
+    monkeypatch.setenv("EVALCLUSTER_CLUSTER__NUM_CPUS", "2")
+    args = build_parser().parse_args(["eval", str(job_file), "--temperature", "0.7", "--serve.engine.sim.tpot-s",
+                                      "0.02", "--cluster.resources", "NPU=8"])
+    overrides = {s: config_overrides(args, s) for s in ("cluster", "serve", "eval")}
+    job = load_job_config(job_file, overrides)
+    assert (job.eval.num_repeats, job.eval.limit, job.eval.trackers) == (3, 5, ["tensorboard"])  # env > file
+    assert job.eval.generation.temperature == 0.7  # flag > env
+    assert job.serve.engine.platform == "cpu" and job.serve.engine.sim.tpot_s == 0.02
+    assert job.cluster.num_cpus == 2 and job.cluster.resources == {"NPU": 8.0}
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("eval: {datasets: [demo]}\nsweep: {checkpoints: [{path: /ckpt/step_1}], settle_s: 9}\n")
+    monkeypatch.setenv("EVALCLUSTER_SWEEP__SERVING__TENSOR_PARALLEL_SIZE", "2")
+    args = build_parser().parse_args(["sweep", str(sweep_file), "--settle-s", "3", "--output", str(tmp_path / "o"),
+                                      "--sweep.checkpoints", "[{glob: '/ckpt/step_*'}]"])
+    sweep = load_sweep_config(sweep_file, {s: config_overrides(args, s) for s in ("cluster", "serve", "eval", "sweep")})
+    assert (sweep.sweep.settle_s, sweep.sweep.serving.tensor_parallel_size) == (3, 2)
+    assert [c.glob for c in sweep.sweep.checkpoints] == ["/ckpt/step_*"] and sweep.eval.output == str(tmp_path / "o")
+    assert sweep.serve.engine.platform == "cpu"
+
+
+def test_a_bad_or_misspelt_config_variable_fails_naming_it():
+    base = [*CLI, "eval", "--endpoint", "http://127.0.0.1:9", "--datasets", "x"]
+    bad = subprocess.run(base, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "EVALCLUSTER_EVAL__NUM_REPEATS": "three"})
+    assert bad.returncode == 2
+    assert "environment EVALCLUSTER_EVAL__NUM_REPEATS: eval.num_repeats = 'three'" in bad.stderr, bad.stderr
+    misspelt = subprocess.run(base, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "EVALCLUSTER_EVAL__NUM_REPAETS": "3"})
+    assert misspelt.returncode == 2
+    assert "EVALCLUSTER_EVAL__NUM_REPAETS names no config field (did you mean EVALCLUSTER_EVAL__NUM_REPEATS?)" \
+        in misspelt.stderr, misspelt.stderr
+
+
 def test_a_bad_eval_flag_value_fails_naming_the_field():
     bad = subprocess.run([*CLI, "eval", "--endpoint", "http://127.0.0.1:9", "--datasets", "x", "--stream-interval",
                           "0"], capture_output=True, text=True, timeout=120)

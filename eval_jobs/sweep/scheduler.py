@@ -37,9 +37,9 @@ import ray
 from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
+from eval_jobs.evaluation import build_requests, client_settings, data_plane
 from eval_jobs.ppl import reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.evaluation import build_requests, client_settings, data_plane
 from eval_jobs.store import SampleStore, matching, plan_resume
 from eval_jobs.sweep.checkpoints import Checkpoint, Watcher
 from eval_jobs.sweep.config import SweepJobConfig
@@ -353,7 +353,8 @@ class Sweep:
             log.info("%s: ready; %d samples: %s", name, len(requests), plan.summary())
             self.events.write("resume", name, reused=plan.reused, sent=len(plan.todo), new=plan.new,
                               changed=plan.changed, failed_before=plan.failed)
-            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch)
+            distribute(todo, client_settings(self.job.eval), self.job.eval.clients, self._record, watch=watch,
+                       on_progress=self._record)  # a conversation's answered turns, durable as they come
         except (SweepStopped, WaitCancelled):
             log.info("%s: stopped; samples in flight abandoned", name)
             raise

@@ -20,6 +20,8 @@ SUPPORTED = [
     "livecodebench_0_shot_chat_v6",  # runs the generated code
     "ARC_c_ppl_0_shot_str",  # PPL: answers are option labels
     "FewCLUE_tnews_ppl_0_shot_chat",  # PPL over 15 labels, a Hugging Face json `data_files`, chat rounds
+    "mtbench_gen",  # multi-turn: a conversation per row, its answers a list
+    "sharegpt_gen",  # multi-turn, and a loader that needs the model's tokenizer
     "textvqa_gen_base64",  # images inline as base64 data URLs
     "mmstar_gen",  # a tsv of base64 images the loader writes out as files (file:// URLs)
     "videobench_gen_base64",  # video frames read with OpenCV, sent as base64 JPEGs
@@ -27,7 +29,6 @@ SUPPORTED = [
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
-    "mtbench_gen": "MultiTurnGenInferencer: not supported yet",
     "aime2025_gen_0_shot_llmjudge": "judge_infer_cfg",
     "omnidocbench_gen": "evaluator needs apted",
     "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
@@ -58,5 +59,5 @@ def test_cli_writes_the_table(tmp_path, capsys) -> None:
 
 
 def test_markdown_counts_only_shipped_configs() -> None:
-    results = [check_config(n, resolve_config(n)) for n in ("demo_arith_gen_0_shot_chat_prompt", "mtbench_gen")]
+    results = [check_config(n, resolve_config(n)) for n in ("demo_arith_gen_0_shot_chat_prompt", "BFCL_gen_simple")]
     assert "**0 of 1 shipped" in markdown(results)  # the repo's own demo config is listed, not counted
