@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from eval_jobs.multimodal import shortened
 from eval_jobs.records import SampleRequest, SampleResult
 from eval_jobs.sse import (
     MAX_ERROR_CHARS,
@@ -306,7 +307,7 @@ def failed_result(request: SampleRequest, error: str, attempts: int = 1) -> Samp
 def _sent_input(body: dict[str, Any]) -> list[dict[str, Any]] | str:
     """What the request asked: its chat messages, or its completions prompt."""
     value = body.get("messages", body.get("prompt"))
-    return value if isinstance(value, (list, str)) else []
+    return shortened(value) if isinstance(value, (list, str)) else []
 
 
 async def _bounded(transports: Transports, endpoint: str, body: dict[str, Any], bounds: Bounds) -> Answer:

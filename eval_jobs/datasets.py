@@ -248,7 +248,7 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None,
 
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None) -> EvalDataset:
-    from eval_jobs import llm_judge, multiturn, ppl  # here, not at the top: ppl imports us
+    from eval_jobs import llm_judge, multimodal, multiturn, ppl  # here, not at the top: ppl imports us
     from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
     abbr = str(dcfg.get("abbr", config_path.stem))
@@ -291,6 +291,8 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
         max_out_lens = None  # per turn, in `conversations`
     else:
         messages = render(dataset, infer_cfg, model)
+        if multimodal.is_multimodal(infer_cfg):
+            multimodal.check_media(messages, where)
     rows = [dict(row) for row in test]
     output_column = reader.output_column
     return EvalDataset(

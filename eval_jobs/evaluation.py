@@ -32,6 +32,7 @@ from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
 from eval_jobs.llm_judge import attach_judgements, judge_dataset_name, judge_requests
 from eval_jobs.model_config import load_model_config
+from eval_jobs.multimodal import check_body_sizes
 from eval_jobs.multiturn import conversation_request
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.prompts import aisbench_request_defaults
@@ -98,6 +99,36 @@ def served_models(endpoint: str, api_key: str | None) -> list[str]:
         return [card["id"] for card in response.json()["data"]]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         raise ConfigError(f"eval.endpoint: cannot list models at {url}: {exc}") from None
+
+
+def simulator_models(endpoints: dict[str, str], api_key: str | None) -> list[str]:
+    """The models whose engine is the simulator, by their model card (`metadata.simulator`): a run on one reports
+    no scores, also when it reached the simulator through an endpoint rather than a `serve:` section of its own."""
+    return [model for model, endpoint in endpoints.items()
+            if ((model_card(model, endpoint, api_key) or {}).get("metadata") or {}).get("simulator") is True]
+
+
+def model_card(model: str, endpoint: str, api_key: str | None) -> dict | None:
+    """`model`'s card from its engine (through its supervisor's handle) or from the endpoint's /v1/models."""
+    try:
+        if endpoint.startswith(SERVE_SCHEME):
+            from ray import serve
+
+            from serve_apps.ingress import ENGINE_DEPLOYMENT
+
+            handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, endpoint.removeprefix(SERVE_SCHEME))
+            stream = handle.options(stream=True).forward.remote("GET", "/v1/models")
+            head = next(iter(stream))
+            stream.cancel()
+            cards = json.loads(head["body"])["data"] if head.get("status") == 200 else []
+        else:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
+            cards = httpx.get(url, headers=headers, timeout=30.0, trust_env=False).json()["data"]
+        return next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
+    except Exception as exc:  # no card: the run is scored as any outside server's
+        log.warning("%s: no model card at %s (%s)", model, endpoint, exc)
+        return None
 
 
 def output_dir(output: str) -> Path:
@@ -210,7 +241,10 @@ def run_job(job: JobConfig) -> pd.DataFrame:
         if job.serve is not None and job.serve.api_key and not cfg.api_key:
             cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        simulated = simulated or bool(simulator_models(endpoints, api_key))
         requests = build_requests(cfg, endpoints, list(datasets.values()), checkpoint_identities(endpoints, api_key))
+        if job.serve is not None and job.serve.models and cfg.transport == "http":  # through the job's own ingress
+            check_body_sizes(requests, job.serve.max_request_bytes)
         plan = plan_resume(requests, store.latest())
         record_run(run_dir, plan)
         log.info("%d samples: %s; to %s", len(requests), plan.summary(), sorted(set(endpoints.values())))

@@ -25,9 +25,9 @@ Where AISBench reads a verdict out of an answer it cannot parse, it silently fal
 here that sample is a **failed judgement** with the reason (`judge_error` in the frame, `judge_failures` in the
 summary), wrong as in AISBench. A judge request that failed, or a judgement still missing, is one too.
 
-Not yet: hle_llmjudge (its answers need image input, and HLEJudgeEvaluator reports its accuracy as text with no
-per-sample verdicts; AISBench also renders its judge prompt with `{question}` unfilled, as HLEDataset's rows have no
-`question` column), gedit (LMMGenInferencer), sweeps (eval_jobs/sweep refuses judged datasets).
+Not yet: hle_llmjudge (HLEJudgeEvaluator reports its accuracy as text with no per-sample verdicts; AISBench also
+renders its judge prompt with `{question}` unfilled, as HLEDataset's rows have no `question` column), gedit
+(LMMGenInferencer), sweeps (eval_jobs/sweep refuses judged datasets).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class SampleResult(_SampleParts):
     error: str | None = None
     endpoint: str
     prompt: list[dict[str, Any]] | str = Field(
-        description="The chat messages sent, or the prompt string of a completions request."
+        description="The chat messages sent (inline data: media cut to their first characters), or the prompt "
+        "string of a completions request."
     )
     response: str = ""
     reasoning_content: str | None = None

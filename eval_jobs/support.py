@@ -32,6 +32,11 @@ SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
     _AIS + "datasets.ifeval.ifeval.IFEvaluator": [("langdetect", "langdetect")],
     # OptionSimAccEvaluator matches free-text answers to options by edit distance.
     _AIS + "datasets.custom.OptionSimAccEvaluator": [("rapidfuzz", "rapidfuzz")],
+    # OmniDocBench's end-to-end matching (tree edit distance over tables, HTML and LaTeX parsing, RANSAC).
+    _AIS + "datasets.omnidocbench.omnidocbench.OmniDocBenchEvaluator": [
+        ("apted", "apted"), ("bs4", "beautifulsoup4"), ("skimage", "scikit-image"), ("pylatexenc", "pylatexenc"),
+        ("func_timeout", "func-timeout"), ("lxml", "lxml"), ("Levenshtein", "levenshtein"), ("evaluate", "evaluate"),
+    ],
 }
 
 
@@ -49,9 +54,6 @@ def unsupported(dcfg: Any) -> str | None:
         return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):
         return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
-    template = _type_name((infer_cfg.get("prompt_template") or {}).get("type")).rsplit(".", 1)[-1]
-    if template == "MMPromptTemplate":
-        return "MMPromptTemplate (image, video or audio input): not supported yet"
     if dcfg.get("judge_infer_cfg"):  # an LLM judges the answers: eval.judge names it (eval_jobs/llm_judge.py)
         from eval_jobs.llm_judge import unsupported_judge
 

@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SimEn
     for name, kind in (("ttft_s", float), ("tpot_s", float), ("output_tokens", int), ("max_num_seqs", int)):
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=fields[name].default,
                             help=fields[name].description)
+    parser.add_argument("--record-requests", default=None, help=fields["record_requests"].description)
     args = parser.parse_args(argv)
     if args.max_model_len < 1:
         parser.error("--max-model-len must be >= 1")

@@ -27,6 +27,10 @@ class SimEngineConfig(StrictModel):
         None, ge=1, description="Batch slots (vLLM's max-num-seqs): requests generating at once, the rest "
         "wait in arrival order; None: unlimited.",
     )
+    record_requests: str | None = Field(
+        None, description="Test aid: append every generation request body the simulator accepts to this JSONL "
+        "file, one line each, as received (tests compare what evalcluster and `ais_bench` send); None: no record.",
+    )
 
 
 def sim_command(sim: SimEngineConfig, served_model_name: str, *, max_model_len: int | None, host: str,
@@ -40,4 +44,6 @@ def sim_command(sim: SimEngineConfig, served_model_name: str, *, max_model_len: 
         argv += ["--output-tokens", str(sim.output_tokens)]
     if sim.max_num_seqs:
         argv += ["--max-num-seqs", str(sim.max_num_seqs)]
+    if sim.record_requests:
+        argv += ["--record-requests", sim.record_requests]
     return argv + ["--host", host, "--port", str(port)]

@@ -152,6 +152,8 @@ class SimEngine:
             self.rejected += 1
             return error_response(exc)
         self.requests += 1
+        if self.config.record_requests:
+            self._record(body)
         self.in_flight += 1
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -169,6 +171,12 @@ class SimEngine:
             return response
         finally:
             self.in_flight -= 1
+
+    def _record(self, body: dict[str, Any]) -> None:
+        """One line per accepted request, written before answering: a test that reads the file after its run
+        finds every body. Blocking file I/O on the loop: a test aid, off in benchmarks."""
+        with open(self.config.record_requests, "a", encoding="utf-8") as f:  # type: ignore[arg-type]
+            f.write(json.dumps(body, ensure_ascii=False) + "\n")
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:

@@ -83,4 +83,4 @@ def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",") -> None:
 
 
 # The writers register themselves on import (after the helpers above exist).
-from eval_jobs.coverage import choice_formats, dialogue_formats, long_formats, short_formats  # noqa: E402,F401
+from eval_jobs.coverage import choice_formats, dialogue_formats, long_formats, media_formats, short_formats  # noqa: E402,F401

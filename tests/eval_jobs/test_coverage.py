@@ -22,12 +22,17 @@ SUPPORTED = [
     "FewCLUE_tnews_ppl_0_shot_chat",  # PPL over 15 labels, a Hugging Face json `data_files`, chat rounds
     "mtbench_gen",  # multi-turn: a conversation per row, its answers a list
     "sharegpt_gen",  # multi-turn, and a loader that needs the model's tokenizer
+    "textvqa_gen_base64",  # images inline as base64 data URLs
+    "mmstar_gen",  # a tsv of base64 images the loader writes out as files (file:// URLs)
+    "videobench_gen_base64",  # video frames read with OpenCV, sent as base64 JPEGs
+    "vocalsound_gen",  # audio files by path
     "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
-    "mmstar_gen": "MMPromptTemplate",
+    "hle_llmjudge": "HLEJudgeEvaluator (no per-sample verdicts)",
+    "omnidocbench_gen": "evaluator needs apted",
     "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
 }
 
