@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
@@ -31,6 +31,8 @@ class GenerationConfig(StrictModel):
     (`eval.model_config`, default `vllm_api_general_chat`: `max_out_len` 512, `generation_kwargs` temperature 0.01,
     ignore_eos false), as `ais_bench` sends them, so scores compare 1:1 (a request without a temperature would get
     the model's own default)."""
+
+    FLAT_FLAGS: ClassVar[bool] = True  # `--temperature`, not `--generation-temperature` (evalcluster_cli)
 
     max_out_len: int | None = Field(
         None, ge=1, description="max_tokens per answer (a dataset's per-row limit wins); None: the model config's "

@@ -19,7 +19,6 @@ such, `Literal` fields as choices, lists as several values, booleans as `--flag`
 from __future__ import annotations
 
 import argparse
-import collections
 import typing
 from typing import Any, Literal
 
@@ -74,23 +73,29 @@ def add_config_flags(
     `aliases`: dotted field (`engine.platform`) → more names for its flag."""
     group = parser.add_argument_group(f"{section}: settings (each an `{section}:` field of the config file; "
                                       f"the flag wins over its environment variable, which wins over the file)")
-    fields = list(config_fields(model))
-    depths = collections.defaultdict(list)  # last part → the depths of the fields ending in it
-    for path, _ in fields:
-        depths[path[-1]].append(len(path))
-    for path, info in fields:
+    for path, info in config_fields(model):
         dotted = SEP.join(path)
         flags = [*(aliases or {}).get(dotted, []), "--" + section + SEP + dotted.replace("_", "-")]
-        if short_names:  # the last part for the one shallowest field ending in it, else the whole path: `--endpoint`
-            # and `--judge-endpoint`, `--temperature` (generation's) and `--judge-generation-temperature`
-            shallowest = len(path) == min(depths[path[-1]]) and depths[path[-1]].count(len(path)) == 1
-            flags.insert(0, "--" + "-".join(path[-1:] if shallowest else path).replace("_", "-"))
+        if short_names:
+            flags.insert(0, "--" + "-".join(_short_path(model, path)).replace("_", "-"))
         description = (info.description or "").replace("%", "%%")
         kwargs = _flag_kwargs(info.annotation)
         if "choices" not in kwargs and "metavar" not in kwargs and kwargs.get("action") is None:
             kwargs["metavar"] = path[-1].upper()
         group.add_argument(*dict.fromkeys(flags), dest=section + SEP + dotted, default=argparse.SUPPRESS,
                            help=f"{description} [${env_name((section, *path))}]".lstrip(), **kwargs)
+
+
+def _short_path(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
+    """The path without the nested models whose fields are flat flags (`FLAT_FLAGS`): generation.temperature is
+    `--temperature`, judge.model `--judge-model`, judge.generation.temperature `--judge-temperature`."""
+    kept = []
+    for key in path[:-1]:
+        model = unwrap_optional(next(info.annotation for name, info in model.model_fields.items()
+                                     if (info.alias or name) == key))
+        if not getattr(model, "FLAT_FLAGS", False):
+            kept.append(key)
+    return [*kept, path[-1]]
 
 
 def config_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]:

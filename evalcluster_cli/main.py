@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # Flag names kept from before the flags were generated from EvalConfig (each also has its field's own name).
 EVAL_FLAG_ALIASES = {"timeout_s": ["--timeout"], "first_token_timeout_s": ["--first-token-timeout"],
-                     "max_request_s": ["--max-request-time"], "judge.model": ["--judge-model"]}
+                     "max_request_s": ["--max-request-time"]}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -94,6 +94,8 @@ class EngineConfig(StrictModel):
 
 class ServingSettings(StrictModel):
     """How one checkpoint is served: the seed's `api_server` flags, without the checkpoint itself."""
+
+    FLAT_FLAGS: ClassVar[bool] = True  # `sweep.serving.dtype` is `evalcluster sweep --dtype` (evalcluster_cli)
 
     tensor_parallel_size: int = Field(1, ge=1, description="Devices one replica holds, all on one node.")
     num_replicas: int = Field(1, ge=1, description="Engine replicas of this checkpoint.")

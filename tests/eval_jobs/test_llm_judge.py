@@ -200,7 +200,7 @@ def test_judge_flags_do_not_collide_with_the_evaluated_endpoints_and_generation(
     from evalcluster_cli.config_flags import config_overrides
 
     args = build_parser().parse_args(["eval", "--endpoint", "http://a:1", "--judge-model", "j",
-                                      "--judge-endpoint", "http://b:2", "--judge-generation-max-out-len", "64",
+                                      "--judge-endpoint", "http://b:2", "--judge-max-out-len", "64",
                                       "--max-out-len", "8"])
     assert config_overrides(args, "eval") == {
         "endpoint": "http://a:1", "generation": {"max_out_len": 8},
