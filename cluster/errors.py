@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -39,7 +40,12 @@ class ClusterConnectionError(EvalClusterError):
 
 def run_command(body: Callable[[], int]) -> int:
     """A command's exit status: the body's own, 2 with a one-line message for a known error, 130 on Ctrl-C (by
-    then everything the body started has been stopped on the way out, and finished samples are on disk)."""
+    then everything the body started has been stopped on the way out, and finished samples are on disk).
+
+    SIGINT and SIGTERM (`kill`, `ray job stop`) stop it the way Ctrl-C does, also where it was started with SIGINT
+    ignored: a shell without job control starts background commands that way (POSIX), and Python then leaves
+    SIGINT ignored, so `kill -INT` would do nothing."""
+    previous = {stop: signal.signal(stop, signal.default_int_handler) for stop in (signal.SIGINT, signal.SIGTERM)}
     try:
         return body()
     except EvalClusterError as exc:
@@ -48,6 +54,9 @@ def run_command(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted; an evaluation resumes when run again with the same output", file=sys.stderr)
         return 130
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 class HostLostError(EvalClusterError, http_status=503, error_type="host_lost"):

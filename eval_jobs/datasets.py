@@ -35,6 +35,10 @@ from eval_jobs.model_config import DEFAULT_MODEL_CONFIG, ModelConfig, load_model
 from eval_jobs.prompts import render
 
 CACHE_ENV = "AIS_BENCH_DATASETS_CACHE"
+# Directories of media beside the data file (omnidocbench's images, videomme's videos). AISBench opens them
+# relative to where it runs, its source root, which holds `ais_bench/datasets/`; the data dir stands in for that
+# root here, as it does for `path` (get_data_path).
+MEDIA_DIR_FIELDS = ("image_path", "video_path")
 REPO_DATASET_CONFIGS = REPO_ROOT / "configs" / "datasets"
 GENERAL_CHAT_MODEL = "models/vllm_api/vllm_api_general_chat.py"
 
@@ -272,6 +276,9 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
     build_cfg.pop("k", None)
     model = model or load_model_config()
     _fill_model_path(build_cfg, model, where)
+    for field in MEDIA_DIR_FIELDS:
+        if isinstance(build_cfg.get(field), str):
+            build_cfg[field] = str(expected_data_path(build_cfg[field], data_dir))
     # Refused before the first request: a run must not send a dataset it cannot score at the end.
     missing = missing_evaluator_packages(dcfg.get("eval_cfg") or {})
     if missing:

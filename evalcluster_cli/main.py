@@ -98,7 +98,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not cfg.models:
         raise ConfigError(f"nothing to serve: give --model DIR or a config with serve.models (e.g. {SEED_EXAMPLE})")
     cluster = load_section(args.config, "cluster", ClusterConfig, overrides=config_overrides(args, "cluster"))
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it the way Ctrl-C does
     with ray_session(cluster):
         endpoint = Endpoint(cfg)
         try:
@@ -141,7 +140,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from eval_jobs.sweep.run import run_sweep
 
     overrides = {section: config_overrides(args, section) for section in ("cluster", "serve", "eval", "sweep")}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `ray job stop` and kill: stop as Ctrl-C does
     return run_sweep(load_sweep_config(args.config, overrides)).exit_code
 
 

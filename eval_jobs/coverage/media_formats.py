@@ -215,12 +215,11 @@ def _videobench(dcfg: Any, root: Path) -> None:
 
 @writer("VideoMMEDataset")
 def _videomme(dcfg: Any, root: Path) -> None:
-    """The question parquet; the clips go to `video_path`, which VideoMMEDataset takes from the working
-    directory, not the data dir (os.path.abspath): a relative one is only reachable from there."""
+    """The question parquet; the clips go to `video_path` (a relative one under the data dir, where evalcluster
+    resolves it: eval_jobs.datasets.MEDIA_DIR_FIELDS)."""
     video_dir = Path(dcfg["video_path"])
-    if video_dir.is_absolute():
-        for i in range(ROWS):
-            write_video(video_dir / f"vid{i}.mp4", i)
+    for i in range(ROWS):
+        write_video((video_dir if video_dir.is_absolute() else root / video_dir) / f"vid{i}.mp4", i)
     _parquet(path_in(dcfg, root), [
         {"videoID": f"vid{i}", "question": "What colour is the clip?",
          "options": ["A. red", "B. green", "C. blue", "D. yellow"], "answer": "ABCD"[i % 4], "duration": "short",

@@ -26,13 +26,13 @@ SUPPORTED = [
     "mmstar_gen",  # a tsv of base64 images the loader writes out as files (file:// URLs)
     "videobench_gen_base64",  # video frames read with OpenCV, sent as base64 JPEGs
     "vocalsound_gen",  # audio files by path
+    "videomme_gen",  # clips in the config's own `video_path` directory, resolved against the data dir
     "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
     "hle_llmjudge": "HLEJudgeEvaluator (no per-sample verdicts)",
-    "omnidocbench_gen": "evaluator needs apted",
     "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
 }
 
