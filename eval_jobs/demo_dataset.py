@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval_jobs.datasets import default_data_dir
+from eval_jobs.dataset_configs import default_data_dir
 
 DEMO_NAME = "demo_arith"
 DEMO_CONFIG = "demo_arith_gen_0_shot_chat_prompt"

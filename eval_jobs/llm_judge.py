@@ -61,7 +61,7 @@ def judge_spec(dcfg: Any, data_path: Path | None) -> dict[str, Any] | None:
     """What the judge stage of dataset dict `dcfg` needs (None without `judge_infer_cfg`): the judge dataset's
     build config (the dataset's own, with AISBench's JudgeInfer replacements: `judge_dataset_type`,
     `judge_reader_cfg`), the judge's infer config, and its `judge_model` config, all plain data."""
-    from eval_jobs.datasets import _plain
+    from eval_jobs.dataset_configs import _plain
 
     judge_cfg = dcfg.get("judge_infer_cfg")
     if not judge_cfg:
@@ -78,7 +78,7 @@ def judge_spec(dcfg: Any, data_path: Path | None) -> dict[str, Any] | None:
 
 def unsupported_judge(dcfg: Any) -> str | None:
     """Why evalcluster cannot run this dataset's judge (one line), or None."""
-    from eval_jobs.datasets import _type_name
+    from eval_jobs.dataset_configs import _type_name
 
     judge_cfg = dcfg.get("judge_infer_cfg") or {}
     kind = _type_name((judge_cfg.get("judge_model") or {}).get("type"))
@@ -229,7 +229,7 @@ def judge_answers(ds: EvalDataset, rows: pd.DataFrame) -> tuple[list[str], list[
 
 def _verdict_check(eval_cfg: dict[str, Any]) -> Callable[[str], str | None] | None:
     """The function saying why a judge's answer holds no verdict this dataset's evaluator can read, if known."""
-    from eval_jobs.datasets import _type_name
+    from eval_jobs.dataset_configs import _type_name
 
     post = _type_name((eval_cfg.get("pred_postprocessor") or {}).get("type"))
     if post in (GET_A_OR_B, "get_a_or_b"):

@@ -84,7 +84,7 @@ def resolve_model_config(name_or_path: str | Path) -> Path:
     """The config file of a model config name (as `ais_bench --models NAME`) or path."""
     from ais_bench.benchmark.utils.file.file import match_cfg_file
 
-    from eval_jobs.datasets import given_config_file, shipped_configs_dir
+    from eval_jobs.dataset_configs import given_config_file, shipped_configs_dir
 
     text = str(name_or_path)
     if (path := given_config_file(text, f"eval.model_config = {text!r}: model config file not found")) is not None:
@@ -110,7 +110,7 @@ def load_model_config(name_or_path: str | Path = DEFAULT_MODEL_CONFIG) -> ModelC
 def _load(path: str) -> ModelConfig:
     from mmengine.config import Config
 
-    from eval_jobs.datasets import _plain
+    from eval_jobs.dataset_configs import _plain
 
     try:
         cfg = Config.fromfile(path)

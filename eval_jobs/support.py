@@ -17,7 +17,7 @@ import importlib.util
 from typing import Any
 
 from cluster.errors import ConfigError
-from eval_jobs.datasets import _plain, _type_name
+from eval_jobs.dataset_configs import _plain, _type_name
 
 _AIS = "ais_bench.benchmark."
 # evaluator class (dotted path, as dataset configs are dumped) -> [(import name, pip name)]

@@ -194,7 +194,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return run(args.search or "*", args.output)
     if not args.search:
         raise ConfigError("datasets: give --search NAME (or --check)")
-    from eval_jobs.datasets import find_dataset_configs
+    from eval_jobs.dataset_configs import find_dataset_configs
 
     found = find_dataset_configs(args.search, args.data_dir)
     if not found:

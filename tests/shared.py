@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from cluster.hosts import SimHost
-from eval_jobs.datasets import resolve_config
+from eval_jobs.dataset_configs import resolve_config
 from eval_jobs.records import SampleRequest, SampleResult
 from eval_jobs.work import ClientSettings, distribute
 from serve_apps.config import ModelConfig

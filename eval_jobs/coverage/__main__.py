@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(pattern: str, output: str | None) -> int:
     """Check the configs, print one line per config, write the table; exit 0 (refusals are results)."""
     from eval_jobs.coverage.check import check_config, markdown
-    from eval_jobs.datasets import find_dataset_configs
+    from eval_jobs.dataset_configs import find_dataset_configs
 
     names = sorted({(i.name, i.config_path) for i in find_dataset_configs(pattern, Path("/nonexistent"))})
     if not names:

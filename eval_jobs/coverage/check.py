@@ -31,6 +31,7 @@ import pandas as pd
 
 from cluster.errors import ConfigError
 from cluster.paths import REPO_ROOT
+from eval_jobs import dataset_configs as dc
 from eval_jobs import datasets as ds
 from eval_jobs.coverage.data_files import has_writer, known_gap, write_data_files
 from eval_jobs.support import missing_evaluator_packages, unsupported
@@ -62,19 +63,19 @@ class ConfigCoverage:
 def check_configs(pattern: str = "*") -> list[ConfigCoverage]:
     """Check every dataset config whose name matches `pattern` (as `evalcluster datasets --search`)."""
     # find_dataset_configs lists configs that fail to load too (with their error); helper modules it skips.
-    names = sorted({(info.name, info.config_path) for info in ds.find_dataset_configs(pattern, Path("/nonexistent"))})
+    names = sorted({(info.name, info.config_path) for info in dc.find_dataset_configs(pattern, Path("/nonexistent"))})
     return [check_config(name, path) for name, path in names]
 
 
 def check_config(name: str, path: Path) -> ConfigCoverage:
-    shipped_root = ds.shipped_configs_dir() / "datasets"
+    shipped_root = dc.shipped_configs_dir() / "datasets"
     shipped = path.is_relative_to(shipped_root)
     where = path.relative_to(shipped_root if shipped else REPO_ROOT) if path.is_relative_to(REPO_ROOT) or shipped \
         else path
     result = ConfigCoverage(config=name, where=str(where), shipped=shipped)
     try:
         with _time_limit(TIMEOUT_S), offline_tiktoken():
-            dicts = ds._dataset_dicts(path)
+            dicts = dc._dataset_dicts(path)
             result.total = len(dicts)
             for dcfg in _representatives(dicts):
                 result.checked += 1
@@ -98,7 +99,7 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
     if missing:
         result.reason = f"evaluator needs {', '.join(missing)}, not installed"
         return
-    class_name = ds._type_name(dcfg.get("type")).rsplit(".", 1)[-1]
+    class_name = dc._type_name(dcfg.get("type")).rsplit(".", 1)[-1]
     if known_gap(dcfg):
         result.reason = f"{class_name}: {known_gap(dcfg)}"
         return
@@ -109,7 +110,7 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
         data_dir = Path(tmp)
         write_data_files(dcfg, data_dir)
         build_cfg = {k: v for k, v in dcfg.items() if k not in ("n", "k")}
-        data_path = ds.expected_data_path(ds.data_file_of(dcfg), data_dir)
+        data_path = dc.expected_data_path(dc.data_file_of(dcfg), data_dir)
         try:
             built = ds.build_rows(build_cfg, data_dir, data_path, abbr)
         except ConfigError as exc:
@@ -223,8 +224,8 @@ def _representatives(dicts: list[Any]) -> list[Any]:
     seen: dict[tuple[str, str, str], Any] = {}
     for dcfg in dicts:
         eval_cfg = dcfg.get("eval_cfg") or {}
-        key = (ds._type_name(dcfg.get("type")), ds._type_name((eval_cfg.get("evaluator") or {}).get("type")),
-               ds._type_name((eval_cfg.get("pred_postprocessor") or {}).get("type")))
+        key = (dc._type_name(dcfg.get("type")), dc._type_name((eval_cfg.get("evaluator") or {}).get("type")),
+               dc._type_name((eval_cfg.get("pred_postprocessor") or {}).get("type")))
         seen.setdefault(key, dcfg)
     return list(seen.values())
 
@@ -233,7 +234,7 @@ def _one_line(error: BaseException | str) -> str:
     """The error on one line, without colours, scratch directories or the long site-packages prefix, so the
     table reads the same on every machine and run."""
     text = " ".join(_ANSI.sub("", str(error)).split()) or type(error).__name__
-    text = _SCRATCH.sub("DATA_DIR/", text).replace(str(ds.shipped_configs_dir()) + "/", "ais_bench/.../configs/")
+    text = _SCRATCH.sub("DATA_DIR/", text).replace(str(dc.shipped_configs_dir()) + "/", "ais_bench/.../configs/")
     text = text.replace(os.getcwd() + "/", "CWD/")
     return text if len(text) <= 300 else text[:297] + "..."
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from eval_jobs.datasets import GENERAL_CHAT_MODEL, shipped_configs_dir
+from eval_jobs.dataset_configs import GENERAL_CHAT_MODEL, shipped_configs_dir
 from eval_jobs.demo_dataset import write_demo_dataset
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -28,10 +29,9 @@ def aisbench_messages(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Any
     This is what OpenICLApiInferTask does: build GenInferencer with the vllm_api_general_chat model config,
     `get_data_list(retriever)`, then the model's `get_request_body(prompt, max_out_len, output)`.
     """
-    from mmengine.config import Config
-
     from ais_bench.benchmark.models.output import RequestOutput
     from ais_bench.benchmark.registry import ICL_INFERENCERS, ICL_RETRIEVERS
+    from mmengine.config import Config
 
     model_cfg = copy.deepcopy(Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))["models"][0])
     model_cfg["model"] = "reference"  # non-empty: no GET /v1/models at construction
@@ -68,10 +68,10 @@ def aisbench_build() -> Callable[[str, Path], tuple[Any, Any]]:
     """Build a shipped or repo dataset config with AISBench alone: (built dataset, dataset cfg)."""
     import os
 
+    from ais_bench.benchmark.utils.config import build_dataset_from_cfg
     from mmengine.config import Config
 
-    from ais_bench.benchmark.utils.config import build_dataset_from_cfg
-    from eval_jobs.datasets import resolve_config
+    from eval_jobs.dataset_configs import resolve_config
 
     def build(name: str, data_dir: Path) -> tuple[Any, Any]:
         cfg = Config.fromfile(str(resolve_config(name)))

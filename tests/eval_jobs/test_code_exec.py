@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from eval_jobs import dataset_configs as dc
 from eval_jobs import datasets as ds
 from eval_jobs.code_exec import ExecutionFailure, bounded_call
 from eval_jobs.judge import judge
@@ -35,7 +36,7 @@ PROGRAMS = {
 def mbpp(tmp_path_factory) -> ds.EvalDataset:
     """The mbpp config on invented rows in MBPPDatasetV2's format: 10 few-shot rows, then one test row per program."""
     root = tmp_path_factory.mktemp("mbpp")
-    dcfg = ds._dataset_dicts(ds.resolve_config(MBPP))[0]
+    dcfg = dc._dataset_dicts(dc.resolve_config(MBPP))[0]
     path = root / dcfg["path"]
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"task_id": i, "text": "Write a function add(a, b) that returns a + b.", "code": SOLVES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval_jobs.coverage.check import check_config, markdown
-from eval_jobs.datasets import resolve_config
+from eval_jobs.dataset_configs import resolve_config
 from evalcluster_cli.main import main
 
 SUPPORTED = [

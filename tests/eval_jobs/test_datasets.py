@@ -13,15 +13,10 @@ import pytest
 
 from cluster.errors import ConfigError
 from cluster.paths import REPO_ROOT
-from eval_jobs.datasets import (
-    CACHE_ENV,
-    EvalDataset,
-    default_data_dir,
-    find_dataset_configs,
-    load_dataset,
-    load_datasets,
-)
+from eval_jobs.dataset_configs import CACHE_ENV, default_data_dir, find_dataset_configs
+from eval_jobs.datasets import EvalDataset, load_dataset, load_datasets
 from eval_jobs.demo_dataset import DEMO_CONFIG, RELATIVE_PATH, main, write_demo_dataset
+
 REMEMBER = "\nRemember to put your final answer within \\boxed{}."
 # Invented AIME2025-format problems (not real AIME text); answers are strings, as in AISBench's file.
 MADE_UP_AIME = [
@@ -188,12 +183,12 @@ def test_default_requests_carry_what_ais_bench_sends(demo) -> None:
     vllm_api_general_chat body (max_tokens from its max_out_len, its generation_kwargs: temperature 0.01)."""
     import asyncio
 
-    from mmengine.config import Config
-
     from ais_bench.benchmark.models.output import RequestOutput
     from ais_bench.benchmark.utils.config import build_model_from_cfg
+    from mmengine.config import Config
+
     from eval_jobs.config import EvalConfig
-    from eval_jobs.datasets import GENERAL_CHAT_MODEL, shipped_configs_dir
+    from eval_jobs.dataset_configs import GENERAL_CHAT_MODEL, shipped_configs_dir
     from eval_jobs.evaluation import build_requests
 
     model_cfg = Config.fromfile(str(shipped_configs_dir() / GENERAL_CHAT_MODEL))["models"][0]

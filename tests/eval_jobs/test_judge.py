@@ -15,7 +15,8 @@ import pytest
 from cluster.errors import ConfigError
 from eval_jobs import support
 from eval_jobs.coverage.data_files import write_data_files
-from eval_jobs.datasets import EvalDataset, _build, _dataset_dicts, load_datasets, resolve_config
+from eval_jobs.dataset_configs import _dataset_dicts, resolve_config
+from eval_jobs.datasets import EvalDataset, _build, load_datasets
 from eval_jobs.demo_dataset import DEMO_CONFIG
 from eval_jobs.judge import judge
 from eval_jobs.scoring import judge_frame, summarize
@@ -129,9 +130,9 @@ def test_shipped_evaluator_packages_are_installed() -> None:
 
 
 def test_report_shows_the_dataset_that_could_not_be_scored(tmp_path, data_dir) -> None:
+    from eval_jobs.evaluation import score
     from eval_jobs.records import SampleResult
     from eval_jobs.report import write_report
-    from eval_jobs.evaluation import score
     from eval_jobs.store import RunDir
 
     [demo] = load_datasets(DEMO_CONFIG, data_dir=data_dir)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from shared import API_KEY, engine_requests
 
 from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig
-from eval_jobs.datasets import shipped_configs_dir
+from eval_jobs.dataset_configs import shipped_configs_dir
 from eval_jobs.evaluation import exit_code, run_job
 from eval_jobs.store import RunDir, SampleStore
-from shared import API_KEY, engine_requests
 
 SHIPPED = shipped_configs_dir() / "datasets" / "aime2025" / "aime2025_gen_0_shot_llmjudge.py"
 QUESTIONS = [("What is 2+3?", "5"), ("What is 7*6?", "42"), ("What is 9-4?", "5")]
@@ -58,10 +58,9 @@ def aisbench_judge_prompts(aisbench_messages, config: Path, data_dir: Path, answ
     predictions file as its inferencer writes it, its judge dataset, then GenInferencer's rendering."""
     import os
 
-    from mmengine.config import Config
-
     from ais_bench.benchmark.models.output import RequestOutput
     from ais_bench.benchmark.utils.config import build_dataset_from_cfg
+    from mmengine.config import Config
 
     dcfg = Config.fromfile(str(config))["aime2025_datasets"][0]
     predictions = data_dir.parent / "predictions.jsonl"
@@ -196,8 +195,8 @@ def test_a_judged_dataset_without_a_judge_is_refused_before_anything_runs(tmp_pa
 
 
 def test_judge_flags_do_not_collide_with_the_evaluated_endpoints_and_generation():
-    from evalcluster_cli.main import build_parser
     from evalcluster_cli.config_flags import config_overrides
+    from evalcluster_cli.main import build_parser
 
     args = build_parser().parse_args(["eval", "--endpoint", "http://a:1", "--judge-model", "j",
                                       "--judge-endpoint", "http://b:2", "--judge-max-out-len", "64",

@@ -20,15 +20,16 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from shared import API_KEY, MAX_REQUEST_BYTES
 
 from cluster.errors import ConfigError
 from eval_jobs.config import JobConfig
 from eval_jobs.coverage.media_formats import write_image, write_textvqa
-from eval_jobs.datasets import load_dataset, resolve_config
+from eval_jobs.dataset_configs import resolve_config
+from eval_jobs.datasets import load_dataset
 from eval_jobs.evaluation import run_job, score
 from eval_jobs.store import RunDir, SampleStore
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
-from shared import API_KEY, MAX_REQUEST_BYTES
 
 MODEL = "sim-vision"
 ROWS = 4

@@ -13,6 +13,7 @@ import pytest
 from shared import API_KEY, engine_requests
 
 from cluster.errors import ConfigError
+from eval_jobs import dataset_configs as dc
 from eval_jobs import datasets as ds
 from eval_jobs.config import JobConfig
 from eval_jobs.coverage.data_files import write_data_files, write_jsonl
@@ -59,12 +60,12 @@ def job(endpoint_url: str, data_dir: Path, output: Path, datasets: list[str], **
 
 def mtbench_in_mode(mode: str, root: Path) -> Path:
     """mtbench_gen as shipped, with `infer_mode` set to `mode` (a user's copy), and its tiny data file."""
-    shipped = ds.resolve_config(MTBENCH)
+    shipped = dc.resolve_config(MTBENCH)
     text = shipped.read_text().replace('infer_mode="every"', f'infer_mode="{mode}"')
     assert f'infer_mode="{mode}"' in text
     path = root / f"mtbench_{mode}.py"
     path.write_text(text.replace("abbr='mtbench'", f"abbr='mtbench_{mode}'"))
-    write_data_files(ds._dataset_dicts(shipped)[0], root / "data")
+    write_data_files(dc._dataset_dicts(shipped)[0], root / "data")
     return path
 
 
@@ -237,7 +238,7 @@ def test_what_cannot_be_sent_as_ais_bench_sends_it_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="infer_mode = 'sometimes': MultiTurnGenInferencer supports every, last"):
         ds.load_dataset(odd, tmp_path / "data")
     # ShareGPT counts answer tokens with the model's tokenizer: `ais_bench` takes it from the model config's path.
-    sharegpt = ds._dataset_dicts(ds.resolve_config("sharegpt_gen"))[0]
+    sharegpt = dc._dataset_dicts(dc.resolve_config("sharegpt_gen"))[0]
     write_data_files(sharegpt, tmp_path / "data")
     with pytest.raises(ConfigError, match="ShareGPTDataset counts tokens with the model's tokenizer.*`path`"):
         ds.load_dataset("sharegpt_gen", tmp_path / "data")
@@ -284,10 +285,10 @@ def test_a_client_killed_mid_conversation_loses_no_answered_turn(ray_cluster):
 
 def test_sharegpt_counts_tokens_with_the_model_configs_tokenizer(tmp_path, tiny_model):
     """With a model config whose `path` is the model (as `ais_bench` wants it), sharegpt loads: two turns a row."""
-    shipped = ds.shipped_configs_dir() / ds.GENERAL_CHAT_MODEL
+    shipped = dc.shipped_configs_dir() / dc.GENERAL_CHAT_MODEL
     model_config = tmp_path / "tiny_chat.py"
     model_config.write_text(shipped.read_text().replace('path=""', f'path="{tiny_model}"', 1))
-    write_data_files(ds._dataset_dicts(ds.resolve_config("sharegpt_gen"))[0], tmp_path / "data")
+    write_data_files(dc._dataset_dicts(dc.resolve_config("sharegpt_gen"))[0], tmp_path / "data")
     dataset = ds.load_dataset("sharegpt_gen", tmp_path / "data", model_config=str(model_config))
     assert len(dataset) == 6 and [len(c["turns"]) for c in dataset.conversations] == [2] * 6
     assert dataset.conversations[0]["turns"][1]["messages"][1] == {"role": "assistant",

@@ -11,16 +11,17 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from shared import API_KEY, engine_requests
 
+from eval_jobs import dataset_configs as dc
 from eval_jobs import datasets as ds
 from eval_jobs.client import Bounds, Transports
 from eval_jobs.config import JobConfig
 from eval_jobs.coverage.data_files import write_data_files
+from eval_jobs.evaluation import run_job
 from eval_jobs.ppl import choose, perplexity, ppl_request, reuse_parts, send_ppl
 from eval_jobs.records import SampleKey
-from eval_jobs.evaluation import run_job
 from eval_jobs.store import RunDir, SampleStore
-from shared import API_KEY, engine_requests
 
 ARC = "ARC_c_ppl_0_shot_str"  # plain-text option prompts, AccEvaluator
 SIQA = "siqa_ppl_0_shot_chat"  # HUMAN/BOT rounds per option: the answer is an assistant turn
@@ -33,22 +34,21 @@ def job(endpoint_url: str, data_dir: Path, output: Path, **eval_fields) -> JobCo
 
 def tiny_data(name: str, root: Path) -> Path:
     """The config's data file in its dataset class's format (the coverage check's writers: invented rows)."""
-    write_data_files(ds._dataset_dicts(ds.resolve_config(name))[0], root)
+    write_data_files(dc._dataset_dicts(dc.resolve_config(name))[0], root)
     return root
 
 
 @pytest.mark.parametrize("name", [ARC, SIQA])
 def test_options_are_the_prompts_aisbench_sends(name, tmp_path, aisbench_build):
     """Each option's messages equal what PPLInferencer.get_data_list + VLLMCustomAPIChat.get_ppl_request_body make."""
-    from mmengine.config import Config
-
     from ais_bench.benchmark.models.output import RequestOutput
     from ais_bench.benchmark.registry import ICL_INFERENCERS, ICL_RETRIEVERS
+    from mmengine.config import Config
 
     data_dir = tiny_data(name, tmp_path)
     dataset = ds.load_dataset(name, data_dir)
     built, dcfg = aisbench_build(name, data_dir)
-    model_cfg = copy.deepcopy(Config.fromfile(str(ds.shipped_configs_dir() / ds.GENERAL_CHAT_MODEL))["models"][0])
+    model_cfg = copy.deepcopy(Config.fromfile(str(dc.shipped_configs_dir() / dc.GENERAL_CHAT_MODEL))["models"][0])
     model_cfg["model"] = "reference"
     model_type = model_cfg["type"]
     model_cfg["type"] = f"{model_type.__module__}.{model_type.__name__}"
