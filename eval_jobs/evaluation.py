@@ -241,7 +241,6 @@ def run_job(job: JobConfig) -> pd.DataFrame:
         if job.serve is not None and job.serve.api_key and not cfg.api_key:
             cfg = cfg.model_copy(update={"api_key": job.serve.api_key})
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
-        simulated = simulated or bool(simulator_models(endpoints, api_key))
         requests = build_requests(cfg, endpoints, list(datasets.values()), checkpoint_identities(endpoints, api_key))
         if job.serve is not None and job.serve.models and cfg.transport == "http":  # through the job's own ingress
             check_body_sizes(requests, job.serve.max_request_bytes)
@@ -261,6 +260,11 @@ def run_job(job: JobConfig) -> pd.DataFrame:
                            on_progress=store.append)
             except HostLostError as exc:
                 lost = exc  # the report of what finished is written first; a rerun resumes
+        # Asked once the answers are in, and only of the models that answered: a server that answers nothing
+        # (its samples' errors say why) does not keep the run waiting for a model card as well.
+        answered = {r.model for r in matching(store.latest(), requests) if r.status == "ok"}
+        simulated = simulated or bool(simulator_models({m: e for m, e in endpoints.items() if m in answered},
+                                                       api_key))
         if judge_endpoint is not None and lost is None:
             judge_plan, judge_key = judge_stage_requests(cfg, datasets, requests, judge_endpoint, store)
             try:
