@@ -29,7 +29,7 @@ from cluster.errors import ConfigError, HostLostError
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.fingerprint import checkpoint_identities, sample_fingerprint
+from eval_jobs.fingerprint import checkpoint_identities, model_cards, models_url, sample_fingerprint
 from eval_jobs.llm_judge import attach_judgements, judge_dataset_name, judge_requests
 from eval_jobs.model_config import load_model_config
 from eval_jobs.multimodal import check_body_sizes
@@ -91,14 +91,10 @@ def client_settings(cfg: EvalConfig) -> ClientSettings:
 
 
 def served_models(endpoint: str, api_key: str | None) -> list[str]:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
     try:
-        response = httpx.get(url, headers=headers, timeout=30.0, trust_env=False)
-        response.raise_for_status()
-        return [card["id"] for card in response.json()["data"]]
+        return [card["id"] for card in model_cards(endpoint, api_key)]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        raise ConfigError(f"eval.endpoint: cannot list models at {url}: {exc}") from None
+        raise ConfigError(f"eval.endpoint: cannot list models at {models_url(endpoint)}: {exc}") from None
 
 
 def simulator_models(endpoints: dict[str, str], api_key: str | None) -> list[str]:
@@ -122,9 +118,7 @@ def model_card(model: str, endpoint: str, api_key: str | None) -> dict | None:
             stream.cancel()
             cards = json.loads(head["body"])["data"] if head.get("status") == 200 else []
         else:
-            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-            url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
-            cards = httpx.get(url, headers=headers, timeout=30.0, trust_env=False).json()["data"]
+            cards = model_cards(endpoint, api_key)
         return next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
     except Exception as exc:  # no card: the run is scored as any outside server's
         log.warning("%s: no model card at %s (%s)", model, endpoint, exc)

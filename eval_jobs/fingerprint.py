@@ -76,16 +76,27 @@ def _own_app(model: str) -> str | None:
 STABLE_CARD_FIELDS = ("id", "root", "parent", "max_model_len", "owned_by")
 
 
+def models_url(endpoint: str) -> str:
+    """An OpenAI-compatible server's model list, from its base URL with or without /v1."""
+    return endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
+
+
+def model_cards(endpoint: str, api_key: str | None) -> list[Any]:
+    """The model cards the server at `endpoint` lists (raises httpx.HTTPError, or ValueError / KeyError for an
+    answer that is not a model list)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(models_url(endpoint), headers=headers, timeout=30.0, trust_env=False)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
 def _card_identity(model: str, endpoint: str, api_key: str | None) -> str:
     """An outside server's model card, its fields that describe the model. It cannot show the weights: a
     server restarted on other weights under the same path looks the same (the README says so)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = endpoint.rstrip("/").removesuffix("/v1") + "/v1/models"
     try:
-        cards = httpx.get(url, headers=headers, timeout=30.0, trust_env=False).json()["data"]
-        card = next(c for c in cards if c.get("id") == model)
+        card = next(c for c in model_cards(endpoint, api_key) if c.get("id") == model)
     except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration, AttributeError) as exc:
-        log.warning("%s: no model card at %s (%s); its identity is its name only", model, url, exc)
+        log.warning("%s: no model card at %s (%s); its identity is its name only", model, models_url(endpoint), exc)
         return f"name:{model}"
     # Only what describes the model: vLLM's card also carries `created` and a `permission` entry whose id is
     # random per listing, which made every rerun against an outside server look like new weights.
