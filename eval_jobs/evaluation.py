@@ -29,7 +29,13 @@ from cluster.errors import ConfigError, HostLostError
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig
 from eval_jobs.datasets import EvalDataset, load_datasets
-from eval_jobs.fingerprint import checkpoint_identities, model_cards, models_url, sample_fingerprint
+from eval_jobs.fingerprint import (
+    ModelLists,
+    checkpoint_identities,
+    model_cards,
+    models_url,
+    sample_fingerprint,
+)
 from eval_jobs.llm_judge import attach_judgements, judge_dataset_name, judge_requests
 from eval_jobs.model_config import load_model_config
 from eval_jobs.multimodal import check_body_sizes
@@ -100,25 +106,25 @@ def served_models(endpoint: str, api_key: str | None) -> list[str]:
 def simulator_models(endpoints: dict[str, str], api_key: str | None) -> list[str]:
     """The models whose engine is the simulator, by their model card (`metadata.simulator`): a run on one reports
     no scores, also when it reached the simulator through an endpoint rather than a `serve:` section of its own."""
+    lists = ModelLists(api_key)
     return [model for model, endpoint in endpoints.items()
-            if ((model_card(model, endpoint, api_key) or {}).get("metadata") or {}).get("simulator") is True]
+            if ((model_card(model, endpoint, lists) or {}).get("metadata") or {}).get("simulator") is True]
 
 
-def model_card(model: str, endpoint: str, api_key: str | None) -> dict | None:
+def model_card(model: str, endpoint: str, lists: ModelLists) -> dict | None:
     """`model`'s card from its engine (through its supervisor's handle) or from the endpoint's /v1/models."""
     try:
-        if endpoint.startswith(SERVE_SCHEME):
-            from ray import serve
+        if not endpoint.startswith(SERVE_SCHEME):
+            return lists.card(model, endpoint)
+        from ray import serve
 
-            from serve_apps.ingress import ENGINE_DEPLOYMENT
+        from serve_apps.ingress import ENGINE_DEPLOYMENT
 
-            handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, endpoint.removeprefix(SERVE_SCHEME))
-            stream = handle.options(stream=True).forward.remote("GET", "/v1/models")
-            head = next(iter(stream))
-            stream.cancel()
-            cards = json.loads(head["body"])["data"] if head.get("status") == 200 else []
-        else:
-            cards = model_cards(endpoint, api_key)
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, endpoint.removeprefix(SERVE_SCHEME))
+        stream = handle.options(stream=True).forward.remote("GET", "/v1/models")
+        head = next(iter(stream))
+        stream.cancel()
+        cards = json.loads(head["body"])["data"] if head.get("status") == 200 else []
         return next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
     except Exception as exc:  # no card: the run is scored as any outside server's
         log.warning("%s: no model card at %s (%s)", model, endpoint, exc)
@@ -214,9 +220,12 @@ def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool, str | 
         yield ({m: route(m) for m in cfg.models or others(names)}, job.serve.engine.kind == "sim",
                judged_at(route, names, "serve.models"))
     finally:
-        for model in job.serve.models:
-            with contextlib.suppress(Exception):
-                endpoint.remove_model(model.name)
+        # Stopped, not only emptied: an ingress left behind kept this job's key and body limit, and the next
+        # endpoint on the cluster joined it without them (stop leaves whatever others still serve).
+        try:
+            endpoint.stop()
+        except Exception as exc:  # the answers are in; a rerun or `serve` retires what is left
+            log.warning("could not stop the job's endpoint: %s", exc)
 
 
 def run_job(job: JobConfig) -> pd.DataFrame:

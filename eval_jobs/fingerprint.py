@@ -41,10 +41,11 @@ def sample_fingerprint(body: dict[str, Any], row: Any, checkpoint: str) -> str:
 def checkpoint_identities(endpoints: dict[str, str], api_key: str | None) -> dict[str, str]:
     """model → its identity: from its engine supervisor when this cluster serves it (the weight files it loaded),
     else from the endpoint's model card (what an outside server shows: its path and context length)."""
-    return {model: _identity(model, endpoint, api_key) for model, endpoint in endpoints.items()}
+    lists = ModelLists(api_key)
+    return {model: _identity(model, endpoint, lists) for model, endpoint in endpoints.items()}
 
 
-def _identity(model: str, endpoint: str, api_key: str | None) -> str:
+def _identity(model: str, endpoint: str, lists: ModelLists) -> str:
     app = endpoint.removeprefix(SERVE_SCHEME) if endpoint.startswith(SERVE_SCHEME) else _own_app(model)
     if app is not None:
         from ray import serve
@@ -52,7 +53,7 @@ def _identity(model: str, endpoint: str, api_key: str | None) -> str:
         from serve_apps.ingress import ENGINE_DEPLOYMENT
 
         return serve.get_deployment_handle(ENGINE_DEPLOYMENT, app).checkpoint_identity.remote().result()
-    return _card_identity(model, endpoint, api_key)
+    return _card_identity(model, endpoint, lists)
 
 
 def _own_app(model: str) -> str | None:
@@ -90,12 +91,36 @@ def model_cards(endpoint: str, api_key: str | None) -> list[Any]:
     return response.json()["data"]
 
 
-def _card_identity(model: str, endpoint: str, api_key: str | None) -> str:
+class ModelLists:
+    """Each outside server's model list, asked for once however many of its models a step needs a card of (a
+    failed listing is remembered too: a server that does not answer costs one timeout, not one per model)."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.api_key = api_key
+        self._lists: dict[str, list[Any] | Exception] = {}
+
+    def card(self, model: str, endpoint: str) -> dict[str, Any]:
+        """`model`'s card at `endpoint` (raises as model_cards does, or LookupError when it is not listed)."""
+        if endpoint not in self._lists:
+            try:
+                self._lists[endpoint] = model_cards(endpoint, self.api_key)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                self._lists[endpoint] = exc
+        listed = self._lists[endpoint]
+        if isinstance(listed, Exception):
+            raise listed
+        card = next((c for c in listed if isinstance(c, dict) and c.get("id") == model), None)
+        if card is None:
+            raise LookupError(f"{model!r} is not listed")
+        return card
+
+
+def _card_identity(model: str, endpoint: str, lists: ModelLists) -> str:
     """An outside server's model card, its fields that describe the model. It cannot show the weights: a
     server restarted on other weights under the same path looks the same (the README says so)."""
     try:
-        card = next(c for c in model_cards(endpoint, api_key) if c.get("id") == model)
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration, AttributeError) as exc:
+        card = lists.card(model, endpoint)
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, LookupError) as exc:
         log.warning("%s: no model card at %s (%s); its identity is its name only", model, models_url(endpoint), exc)
         return f"name:{model}"
     # Only what describes the model: vLLM's card also carries `created` and a `permission` entry whose id is

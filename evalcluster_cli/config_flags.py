@@ -22,10 +22,10 @@ import argparse
 import typing
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, SecretStr
 
-from cluster.configfile import config_fields, env_name, unwrap_optional
+from cluster.configfile import config_fields, env_name, text_value, unwrap_optional
+from cluster.errors import ConfigError
 
 SEP = "."  # argparse dest = SECTION.field[.subfield]
 
@@ -34,14 +34,15 @@ def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value) if value else ""
+    return key, _yaml_value(value) if value else ""
 
 
 def _yaml_value(text: str) -> Any:
+    """A flag's value read as its environment variable's is (text_value), with argparse's kind of error."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"not valid YAML: {exc}") from None
+        return text_value(Any, text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _flag_kwargs(annotation: Any) -> dict[str, Any]:

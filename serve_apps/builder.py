@@ -21,9 +21,12 @@ def build_engine_app(model: ModelConfig, engine: EngineConfig, node_address: str
     ).bind(model, engine)
 
 
-def build_ingress_app(cfg: ServeConfig) -> Application:
-    settings = IngressSettings(
+def ingress_settings(cfg: ServeConfig) -> IngressSettings:
+    return IngressSettings(
         api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
         max_request_bytes=cfg.max_request_bytes,
     )
-    return OpenAIIngress.options(num_replicas=cfg.ingress_replicas).bind(settings)
+
+
+def build_ingress_app(cfg: ServeConfig) -> Application:
+    return OpenAIIngress.options(num_replicas=cfg.ingress_replicas).bind(ingress_settings(cfg))

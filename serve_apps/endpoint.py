@@ -19,10 +19,16 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.errors import ClusterConnectionError, ConfigError, InfeasiblePlacementError
 from cluster.planner import check_feasible, live_nodes, replica_needs
 from cluster.watchdog import find_infeasible
-from serve_apps.builder import build_engine_app, build_ingress_app
+from serve_apps.builder import build_engine_app, build_ingress_app, ingress_settings
 from serve_apps.config import EngineConfig, ModelConfig, ServeConfig
 from serve_apps.errors import EngineStartupError, ModelNotFoundError, WaitCancelled
-from serve_apps.ingress import ENGINE_APP_PREFIX, ENGINE_DEPLOYMENT, engine_app_name, served_model
+from serve_apps.ingress import (
+    ENGINE_APP_PREFIX,
+    ENGINE_DEPLOYMENT,
+    engine_app_name,
+    joinable_settings,
+    served_model,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +81,8 @@ class Endpoint:
         self.host, self.port = http.host, http.port
         if INGRESS_APP not in serve.status().applications:
             serve.run(build_ingress_app(self.cfg), name=INGRESS_APP, route_prefix="/")
+        else:
+            _warn_of_kept_settings(self.cfg)
         try:
             self.add_models(self.cfg.models)
         except BaseException:  # one checkpoint failed (or Ctrl-C): the ones already deployed must not linger
@@ -238,6 +246,16 @@ def _check_joinable(cfg: ServeConfig, running: dict[str, Any]) -> None:
             f"{location}) and keeps those settings; this config asks for {' and '.join(asked)}. Join it with "
             f"serve.port {http.get('port')} (or 0: wherever it runs), or stop it first (`serve shutdown -a "
             "DASHBOARD_URL`: every application on it goes)")
+
+
+def _warn_of_kept_settings(cfg: ServeConfig) -> None:
+    """Joining a running ingress keeps its key and body limit; say so where they differ from this config's."""
+    kept = serve.get_app_handle(INGRESS_APP).joined_settings.remote().result(timeout_s=60)
+    asked = joinable_settings(ingress_settings(cfg))
+    differ = [name for name in asked if asked[name] != kept.get(name)]
+    if differ:
+        log.warning("joined the ingress already running on this cluster: it keeps its own %s (this config's are "
+                    "not applied; `serve shutdown` first to apply them)", " and ".join(differ))
 
 
 def on_head(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0) -> T:

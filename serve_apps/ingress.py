@@ -7,6 +7,7 @@ rewraps, or it takes `request` for a query parameter.
 
 
 import asyncio
+import hashlib
 import hmac
 import json
 import time
@@ -49,6 +50,13 @@ class IngressSettings(BaseModel):
     api_key: str | None = Field(None, description="Bearer key required on /v1 routes; None: open.")
     max_request_bytes: int = Field(8 * 1024 * 1024, description="Larger bodies get 413.")
     model_refresh_s: float = Field(1.0, description="How long the served-model table is cached.")
+
+
+def joinable_settings(settings: IngressSettings) -> dict[str, Any]:
+    """The settings a running ingress keeps when another endpoint joins it, comparable without the key itself."""
+    key = settings.api_key
+    return {"serve.max_request_bytes": settings.max_request_bytes,
+            "serve.api_key": hashlib.sha256(key.encode()).hexdigest()[:16] if key else None}
 
 
 def openai_error(status: int, message: str, error_type: str, param: str | None = None) -> JSONResponse:
@@ -187,6 +195,10 @@ class OpenAIIngress:
         self._settings = settings
         self._models = ModelTable(settings.model_refresh_s)
         self._metrics = IngressMetrics()
+
+    def joined_settings(self) -> dict[str, Any]:
+        """What an endpoint joining this ingress keeps instead of its own config (the key as a hash)."""
+        return joinable_settings(self._settings)
 
     @api.get("/health")
     async def health(self) -> Response:

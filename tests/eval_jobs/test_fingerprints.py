@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from ray import serve
+from ray.serve.context import _get_global_client
 
 from eval_jobs.config import JobConfig
 from eval_jobs.fingerprint import sample_fingerprint
@@ -17,6 +19,7 @@ from eval_jobs.store import RunDir, matching, plan_resume
 from eval_jobs.sweep.checkpoints import from_path
 from eval_jobs.sweep.scheduler import checkpoint_identity_of
 from serve_apps.checkpoint_id import checkpoint_identity
+from serve_apps.endpoint import INGRESS_APP, Endpoint
 from shared import API_KEY
 
 DEMO = "demo_arith_gen_0_shot_chat_prompt"
@@ -104,3 +107,7 @@ def test_new_weights_behind_the_same_name_are_evaluated_again(ray_cluster, data_
     samples = pd.read_parquet(RunDir(output).samples_parquet)
     assert len(samples) == 5 and (samples["status"] == "ok").all()
     assert samples["fingerprint"].nunique() == 5  # one per sample, all of the new weights
+    # The job stopped its endpoint: an ingress left behind with its settings was joined by the next endpoint.
+    if _get_global_client(raise_if_no_controller_running=False) is not None:  # else Serve went with it
+        assert "ckpt" not in Endpoint.served_models()
+        assert Endpoint.served_models() or INGRESS_APP not in serve.status().applications

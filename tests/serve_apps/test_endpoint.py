@@ -30,9 +30,10 @@ def client(endpoint, auth):
         yield c
 
 
-def test_joining_the_running_serve_with_other_http_settings_is_refused(endpoint):
+def test_joining_the_running_serve_with_other_http_settings_is_refused(endpoint, caplog):
     """Serve keeps the port and proxy location it was started with: a config asking for others is refused, naming
-    both, instead of being joined at an address it does not name. Port 0 joins wherever Serve runs."""
+    both, instead of being joined at an address it does not name. Port 0 joins wherever Serve runs; the running
+    ingress keeps its key and body limit, and a join that asks for others is told which."""
     from cluster.errors import ConfigError
     from serve_apps.config import ServeConfig
     from serve_apps.endpoint import Endpoint
@@ -43,8 +44,14 @@ def test_joining_the_running_serve_with_other_http_settings_is_refused(endpoint)
         with pytest.raises(ConfigError) as refused:
             Endpoint(ServeConfig(api_key=API_KEY, **asked)).start()
         assert named in str(refused.value) and f"127.0.0.1:{taken} (proxy_location HeadOnly)" in str(refused.value)
-    joined = Endpoint(ServeConfig(port=0, api_key=API_KEY)).start()  # no models: nothing of its own to deploy
+    with caplog.at_level("WARNING", logger="serve_apps.endpoint"):
+        same = Endpoint(ServeConfig(port=0, api_key=API_KEY, max_request_bytes=MAX_REQUEST_BYTES)).start()
+        assert same.url == endpoint.url and "keeps its own" not in caplog.text
+        # No models: nothing of its own to deploy. Its key and body limit are not the running ingress's.
+        joined = Endpoint(ServeConfig(port=0, api_key="another-key")).start()
     assert joined.url == endpoint.url
+    [kept] = [r.getMessage() for r in caplog.records if "keeps its own" in r.getMessage()]
+    assert "serve.max_request_bytes and serve.api_key" in kept and "another-key" not in kept
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict:
