@@ -3,7 +3,7 @@
     write_viewer(run_dir, samples, provenance)     # samples: the scored per-sample frame of eval_jobs.evaluation
 
 The answers behind a jump or a drop in a learning curve: question, answer, reasoning, extracted answer, reference
-and verdict per sample, filtered by checkpoint, dataset, verdict, truncation and failure, and searched. With two
+and verdict per sample (and the judge's answer where an LLM judged it), filtered by checkpoint, dataset, verdict, truncation and failure, and searched. With two
 checkpoints picked, the questions they both answered stand side by side, those whose verdict changed first.
 The filter state lives in the URL's fragment (`samples.html#verdict=wrong&q=boxed`), so a view can be shared.
 
@@ -60,6 +60,8 @@ def viewer_rows(samples: pd.DataFrame) -> list[dict[str, Any]]:
             "ref": _text(row.get("reference")), "v": verdict(row), "e": _text(row.get("error")),
             "f": _text(row.get("finish_reason")), "n": _int(row.get("completion_tokens")),
             "c": bool(row.get("cut_in_reasoning") is True or row.get("cut_in_reasoning") == 1),
+            # An LLM-judged dataset: the judge's answer (what its evaluator scored), or why no verdict came of it.
+            "j": _text(row.get("judge_response")), "je": _text(row.get("judge_error")),
         })  # fmt: skip
     return rows
 

@@ -102,6 +102,20 @@ def test_two_checkpoints_side_by_side_changed_verdicts_first(page, tmp_path):
     assert shown(dom)[0].startswith(f"{changed} questions")
 
 
+def test_an_llm_judged_sample_shows_the_judges_answer_or_why_no_verdict_came_of_it(tmp_path):
+    samples = frame(models=("step_100",), questions=3).assign(
+        judge_response=["The answer is right. Final verdict: A", "Final verdict: B", None],
+        judge_error=[None, None, "the judge's request failed: HTTP 503: overloaded"])
+    path = write_viewer(RunDir(tmp_path / "run").create(), samples, {})
+    dom, console = open_page(path, "", tmp_path)
+    assert console == "" and shown(dom)[1] == ["demo/0/0", "demo/1/0", "demo/2/0"]
+    cards = dom.split("<script")[0].split('class="sample"')[1:]  # (the page's script names the blocks too)
+    assert "judge's answer" in cards[0] and "Final verdict: A" in cards[0] and "judgement failed" not in cards[0]
+    assert "judgement failed" in cards[2] and "HTTP 503: overloaded" in cards[2] and "judge's answer" not in cards[2]
+    dom, _ = open_page(path, "q=final%20verdict%3A%20b", tmp_path)  # the search reads the judge's answers too
+    assert shown(dom)[1] == ["demo/1/0"]
+
+
 def test_ten_thousand_samples_open_one_page_at_a_time(tmp_path):
     samples = frame(models=("step_1",), questions=10_000).assign(response=lambda f: f.response + " " + "x" * 2000)
     path = write_viewer(RunDir(tmp_path / "big").create(), samples, {})
