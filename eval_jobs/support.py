@@ -40,6 +40,17 @@ SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# Evaluators that cannot give a right score as AISBench ships them (checked against its repository's HEAD), and why.
+BROKEN_EVALUATORS = {
+    # score() runs the harness on its predictions file inside the `with open(...)` that writes it, before the
+    # file is flushed: the harness reads none (or only the first 8 KiB) of the answers and reports 0 accuracy. It
+    # also names each answer's problem by its position in the call (`Python/{i}`), not the row's task_id.
+    _AIS + "datasets.humanevalx.humanevalx.HumanevalXEvaluator":
+        "HumanevalXEvaluator: broken upstream (score() reads its predictions file before writing it is finished, "
+        "so every answer scores 0)",
+}
+
+
 def missing_packages(evaluator_type: str) -> list[str]:
     """pip names of the packages `evaluator_type` needs to score that are not importable here."""
     return [pip for module, pip in SCORE_TIME_IMPORTS.get(evaluator_type, [])
@@ -52,6 +63,9 @@ def unsupported(dcfg: Any) -> str | None:
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
     if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
         return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
+    broken = BROKEN_EVALUATORS.get(_type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type")))
+    if broken:
+        return broken
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):
         return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
     if dcfg.get("judge_infer_cfg"):  # an LLM judges the answers: eval.judge names it (eval_jobs/llm_judge.py)

@@ -33,7 +33,10 @@ REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
     "hle_llmjudge": "HLEJudgeEvaluator (no per-sample verdicts)",
-    "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
+    "race_gen": "broken upstream: it imports race_high_5_shot_cot_chat",
+    "mmlu_gen_5_shot_chat_prompt": "broken upstream: it imports ais_bench.benchmark.utils.text_postprocessors",
+    # scored 0 for every answer as shipped: refused at load, before a request is sent
+    "humanevalx_gen_0_shot": "HumanevalXEvaluator: broken upstream",
 }
 
 
