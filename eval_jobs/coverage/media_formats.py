@@ -232,3 +232,13 @@ def _vocalsound(dcfg: Any, root: Path) -> None:
     base = path_in(dcfg, root)
     for i in range(ROWS):
         write_wav(base / f"f{i:04d}_{LABELS[i]}.wav", i)
+
+
+@writer("OCRBenchV2Dataset")
+def _ocrbench_v2(dcfg: Any, root: Path) -> None:
+    """OCRBench_v2.tsv: base64 images, and the fields its evaluator reads (answers as a Python list literal, the
+    task `category` that picks the metric; "without ..." where a row has no bbox, content or eval method)."""
+    words = ["red", "green", "blue", "yellow"]
+    _tsv(path_in(dcfg, root), ["index", "image", "question", "answer", "category", "content", "bbox_raw", "eval"],
+         [[i, b64(image_bytes(i)), f"What colour is square {i}?", repr([w]), "text recognition en",
+           "without content", "without bbox", "without eval"] for i, w in enumerate(words[:ROWS])])
