@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,7 +164,12 @@ def _score(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows: list[in
     if required:
         raise ScoringError(f"evaluator {type(evaluator).__name__} needs {required} to score: not supported")
     try:
-        result = evaluator.score(**{p: v for p, v in available.items() if p in params})
+        # OpenICLEvalTask gives every evaluator its results directory as `_out_dir` before scoring; some write side
+        # files there (OmniDocBench's matched elements per page). Here a scratch directory, gone after the call:
+        # what counts is in the returned numbers and the run's per-sample store.
+        with tempfile.TemporaryDirectory(prefix="evalcluster-eval-out-") as out_dir:
+            evaluator._out_dir = out_dir
+            result = evaluator.score(**{p: v for p, v in available.items() if p in params})
     except Exception as exc:
         raise ScoringError(f"evaluator {type(evaluator).__name__} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(result, dict):

@@ -28,6 +28,7 @@ SUPPORTED = [
     "vocalsound_gen",  # audio files by path
     "videomme_gen",  # clips in the config's own `video_path` directory, resolved against the data dir
     "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
+    "omnidocbench_gen",  # page layout ground truth + images; its evaluator writes side files to `_out_dir`
     "ocrbench_v2_gen_0_shot_chat",  # base64 images in a tsv; its module needs ipdb, zss, Polygon3 ... to import
 ]
 REFUSED = {
