@@ -51,6 +51,16 @@ BROKEN_EVALUATORS = {
 }
 
 
+# Dataset classes evalcluster cannot evaluate, and why.
+UNSUPPORTED_DATASETS = {
+    # AISBench replays the trace in its perf mode, each request at its `timestamp`; evalcluster's clients send
+    # samples as fast as they can, and MooncakeTraceEvaluator (a bare BaseEvaluator) has no score().
+    _AIS + "datasets.mooncake_trace.MooncakeTraceDataset":
+        "MooncakeTraceDataset: a request trace replayed at its timestamps (AISBench `-m perf`): evalcluster does not "
+        "schedule requests by time, and MooncakeTraceEvaluator scores nothing",
+}
+
+
 def missing_packages(evaluator_type: str) -> list[str]:
     """pip names of the packages `evaluator_type` needs to score that are not importable here."""
     return [pip for module, pip in SCORE_TIME_IMPORTS.get(evaluator_type, [])
@@ -63,6 +73,8 @@ def unsupported(dcfg: Any) -> str | None:
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
     if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
         return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
+    if _type_name(dcfg.get("type")) in UNSUPPORTED_DATASETS:
+        return UNSUPPORTED_DATASETS[_type_name(dcfg.get("type"))]
     broken = BROKEN_EVALUATORS.get(_type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type")))
     if broken:
         return broken

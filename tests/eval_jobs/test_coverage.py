@@ -29,6 +29,7 @@ SUPPORTED = [
     "videomme_gen",  # clips in the config's own `video_path` directory, resolved against the data dir
     "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
     "omnidocbench_gen",  # page layout ground truth + images; its evaluator writes side files to `_out_dir`
+    "synthetic_gen_tokenid",  # no data file: random token ids decoded with the model's tokenizer
     "ocrbench_v2_gen_0_shot_chat",  # base64 images in a tsv; its module needs ipdb, zss, Polygon3 ... to import
 ]
 REFUSED = {
@@ -39,6 +40,7 @@ REFUSED = {
     "mmlu_gen_5_shot_chat_prompt": "broken upstream: it imports ais_bench.benchmark.utils.text_postprocessors",
     # scored 0 for every answer as shipped: refused at load, before a request is sent
     "humanevalx_gen_0_shot": "HumanevalXEvaluator: broken upstream",
+    "mooncake_trace_gen": "MooncakeTraceDataset: a request trace replayed at its timestamps",
 }
 
 
