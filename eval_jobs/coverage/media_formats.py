@@ -268,3 +268,12 @@ def _omnidocbench(dcfg: Any, root: Path) -> None:
         })
     path = path_in(dcfg, root)
     path.write_text(json.dumps(pages), encoding="utf-8")
+
+
+@writer("HLEDataset")
+def _hle(dcfg: Any, root: Path) -> None:
+    """HLE's parquet: `question`, `answer`, and `image` (a data URL, or empty for a text-only question)."""
+    _parquet(path_in(dcfg, root), [
+        {"id": f"made-up-{i}", "question": f"What colour is square {i}?" if i % 2 else f"What is {i} + {i}?",
+         "answer": ["red", "green", "blue", "yellow"][i] if i % 2 else str(2 * i),
+         "image": f"data:image/jpeg;base64,{b64(image_bytes(i))}" if i % 2 else ""} for i in range(ROWS)])
