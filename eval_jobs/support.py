@@ -51,6 +51,10 @@ BROKEN_EVALUATORS = {
 }
 
 
+# gedit: AISBench runs its image-editing model in process (models/local_models/qwen_image_edit_mindie_sd.py, a
+# diffusion pipeline on Ascend through MindIE SD) and scores the PIL images it returns (LMMOutput).
+LMM_GEN_REFUSAL = ("LMMGenInferencer: the model must answer with an edited image, and a vLLM OpenAI-compatible "
+                   "server's completions answer with text only")
 # Dataset classes evalcluster cannot evaluate, and why.
 UNSUPPORTED_DATASETS = {
     # AISBench replays the trace in its perf mode, each request at its `timestamp`; evalcluster's clients send
@@ -71,6 +75,8 @@ def unsupported(dcfg: Any) -> str | None:
     """Why evalcluster cannot evaluate this dataset dict yet (one line naming the capability), or None."""
     infer_cfg = dcfg.get("infer_cfg") or {}
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
+    if inferencer == "LMMGenInferencer":
+        return LMM_GEN_REFUSAL
     if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
         return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
     if _type_name(dcfg.get("type")) in UNSUPPORTED_DATASETS:

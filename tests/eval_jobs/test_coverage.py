@@ -35,7 +35,7 @@ SUPPORTED = [
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
-    "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
+    "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: the model must answer with an edited image",
     "race_gen": "broken upstream: it imports race_high_5_shot_cot_chat",
     "mmlu_gen_5_shot_chat_prompt": "broken upstream: it imports ais_bench.benchmark.utils.text_postprocessors",
     # scored 0 for every answer as shipped: refused at load, before a request is sent
