@@ -43,11 +43,12 @@ SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
 # Evaluators that cannot give a right score as AISBench ships them (checked against its repository's HEAD), and why.
 BROKEN_EVALUATORS = {
     # score() runs the harness on its predictions file inside the `with open(...)` that writes it, before the
-    # file is flushed: the harness reads none (or only the first 8 KiB) of the answers and reports 0 accuracy. It
-    # also names each answer's problem by its position in the call (`Python/{i}`), not the row's task_id.
+    # file is flushed: the harness reads none of the answers (a small file: accuracy 0 whatever they are) or the
+    # first 8 KiB-blocks of them, cut mid-line. It also names each answer's problem by its position in the call
+    # (`Python/{i}`), not the row's task_id, and opens the problems relative to the working directory.
     _AIS + "datasets.humanevalx.humanevalx.HumanevalXEvaluator":
-        "HumanevalXEvaluator: broken upstream (score() reads its predictions file before writing it is finished, "
-        "so every answer scores 0)",
+        "HumanevalXEvaluator: broken upstream (score() tests its predictions file before it is written out, so it "
+        "sees none or part of the answers)",
 }
 
 
