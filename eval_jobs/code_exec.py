@@ -42,7 +42,7 @@ CODE_EVALUATORS = {
     _AIS + "datasets.livecodebench.evaluator.LCBCodeGenerationEvaluator",
     _AIS + "datasets.livecodebench.evaluator.LCBCodeExecutionEvaluator",
     _AIS + "datasets.livecodebench.evaluator.LCBTestOutputEvaluator",
-    _AIS + "datasets.humanevalx.HumanevalXEvaluator",
+    _AIS + "datasets.humanevalx.humanevalx.HumanevalXEvaluator",
 }
 # Address space each program (and the scorer) may take beyond what it shares with the driver when forked.
 MEMORY_BUDGET_BYTES = 2 * 1024**3

@@ -94,6 +94,14 @@ class EvalDataset:
         return len(self.messages)
 
 
+@dataclass(frozen=True)
+class ServedCheckpoint:
+    """The one checkpoint directory a job serves and evaluates (its tokenizer is the model's)."""
+
+    directory: Path
+    trust_remote_code: bool = False
+
+
 def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None,
                  model_config: str = DEFAULT_MODEL_CONFIG) -> EvalDataset:
     """Load and render the one dataset a config defines (see `load_datasets` for configs with several)."""
@@ -108,20 +116,23 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None,
 
 
 def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None,
-                  model_config: str = DEFAULT_MODEL_CONFIG) -> list[EvalDataset]:
+                  model_config: str = DEFAULT_MODEL_CONFIG,
+                  served_checkpoint: ServedCheckpoint | None = None) -> list[EvalDataset]:
     """Load every dataset dict of a config (name or path) and render its rows as `model_config` (an AISBench
     model config name or path) would send them.
 
     Relative data paths resolve against `data_dir` (default: `default_data_dir()`), as AISBench does with
-    `$AIS_BENCH_DATASETS_CACHE`.
+    `$AIS_BENCH_DATASETS_CACHE`. `served_checkpoint`: the checkpoint the job serves, whose tokenizer a dataset
+    that counts tokens (ShareGPT, synthetic) uses when the model config has no `path`.
     """
     config_path = resolve_config(name_or_path)
     root = Path(data_dir).resolve() if data_dir is not None else default_data_dir()
     model = load_model_config(model_config)
-    return [_build(dcfg, config_path, root, model) for dcfg in _dataset_dicts(config_path)]
+    return [_build(dcfg, config_path, root, model, served_checkpoint) for dcfg in _dataset_dicts(config_path)]
 
 
-def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None) -> EvalDataset:
+def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None,
+           served_checkpoint: ServedCheckpoint | None = None) -> EvalDataset:
     from eval_jobs import llm_judge, multimodal, multiturn, ppl  # here, not at the top: ppl imports us
     from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
@@ -145,7 +156,7 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
     build_cfg.pop("n", None)
     build_cfg.pop("k", None)
     model = model or load_model_config()
-    _fill_model_path(build_cfg, model, where)
+    _fill_model_path(build_cfg, model, where, served_checkpoint)
     for field in MEDIA_DIR_FIELDS:
         if isinstance(build_cfg.get(field), str):
             build_cfg[field] = str(expected_data_path(build_cfg[field], data_dir))
@@ -194,21 +205,27 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
     )
 
 
-def _fill_model_path(build_cfg: Any, model: ModelConfig, where: str) -> None:
-    """A dataset class that counts tokens with the model's tokenizer (ShareGPTDataset) gets the model config's
-    `path` as `model_path`, as `ais_bench` gives it (cli/utils.py:fill_model_path_if_datasets_need); a dataset
-    config that names `model_path` itself keeps it when the model config has none."""
+def _fill_model_path(build_cfg: Any, model: ModelConfig, where: str,
+                     served_checkpoint: ServedCheckpoint | None = None) -> None:
+    """A dataset class that counts tokens with the model's tokenizer (ShareGPTDataset, SyntheticDataset) gets the
+    model config's `path` as `model_path`, as `ais_bench` gives it (cli/utils.py:fill_model_path_if_datasets_need);
+    without one, the directory of the checkpoint the job serves (evalcluster knows it, `ais_bench` does not); a
+    dataset config that names `model_path` itself keeps it when neither is there."""
     from ais_bench.benchmark.cli.utils import DATASETS_NEED_MODELS
 
     if _type_name(build_cfg.get("type")) not in DATASETS_NEED_MODELS:
         return
     if model.cfg.get("path"):
         build_cfg.update(model_path=model.cfg["path"], trust_remote_code=model.cfg.get("trust_remote_code", False))
+    elif served_checkpoint is not None:
+        build_cfg.update(model_path=str(served_checkpoint.directory),
+                         trust_remote_code=served_checkpoint.trust_remote_code)
     elif not build_cfg.get("model_path"):
         raise ConfigError(f"{where}: {_type_name(build_cfg.get('type')).rsplit('.', 1)[-1]} counts tokens with the "
                           f"model's tokenizer, which AISBench takes from the model config's `path`, and "
-                          f"eval.model_config {model.name} has none: give a model config whose `path` is the "
-                          "model's directory (or set `model_path` in the dataset config)")
+                          f"eval.model_config {model.name} has none: serve the one checkpoint evaluated (serve.models), "
+                          "or give a model config whose `path` is the model's directory (or set `model_path` in the "
+                          "dataset config)")
 
 
 def build_rows(build_cfg: Any, data_dir: Path, data_path: Path | None, where: str) -> Any:

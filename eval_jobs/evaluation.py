@@ -28,7 +28,7 @@ from cluster.connection import ray_session
 from cluster.errors import ConfigError, HostLostError
 from eval_jobs.client import SERVE_SCHEME, serve_endpoint
 from eval_jobs.config import EvalConfig, JobConfig
-from eval_jobs.datasets import EvalDataset, load_datasets
+from eval_jobs.datasets import EvalDataset, ServedCheckpoint, load_datasets
 from eval_jobs.fingerprint import (
     ModelLists,
     checkpoint_identities,
@@ -171,6 +171,21 @@ def own_endpoint_models(url: str) -> list[str] | None:
     return Endpoint.served_models()
 
 
+def served_checkpoint(job: JobConfig) -> ServedCheckpoint | None:
+    """The directory of the checkpoint the job serves and evaluates (the judge aside), when there is one: datasets
+    that count tokens with the model's tokenizer build their prompts with it. None with several (one tokenizer
+    builds a dataset's prompts) or when the job evaluates an endpoint it did not start."""
+    if job.serve is None or not job.serve.models:
+        return None
+    cfg = job.eval
+    judge = cfg.judge.model if cfg.judge is not None and not cfg.judge.endpoint else None
+    evaluated = [m for m in job.serve.models if (m.name in cfg.models if cfg.models else m.name != judge)]
+    directories = {Path(m.model).expanduser().resolve() for m in evaluated}
+    if len(directories) != 1 or not next(iter(directories)).is_dir():
+        return None
+    return ServedCheckpoint(next(iter(directories)), any(m.trust_remote_code for m in evaluated))
+
+
 @contextlib.contextmanager
 def endpoints_for(job: JobConfig) -> Iterator[tuple[dict[str, str], bool, str | None]]:
     """(model → where its requests go, simulated, where the judge's go): the job's own deployment, or the endpoint
@@ -233,7 +248,7 @@ def run_job(job: JobConfig) -> pd.DataFrame:
     cfg = job.eval
     check_installed(cfg.trackers)  # before anything starts
     datasets = {ds.name: ds for name in cfg.datasets
-                for ds in load_datasets(name, cfg.data_dir, cfg.aisbench_model)}
+                for ds in load_datasets(name, cfg.data_dir, cfg.aisbench_model, served_checkpoint(job))}
     check_judge(cfg, datasets)
     run_dir = RunDir(output_dir(cfg.output)).create()
     write_config(run_dir, job)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +86,7 @@ def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[in
         result, bad = _score_programs(dataset, evaluator, preds, rows, references)
     else:
         result = _score(dataset, evaluator, preds, rows, references)
-    metrics = {key: float(value) for key, value in result.items() if _is_number(value)}
+    metrics = _numbers(result)
     details = result.get("details")
     if isinstance(details, dict):  # some evaluators key details by str(index); evaluate() takes values()
         details = list(details.values())
@@ -163,7 +165,12 @@ def _score(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows: list[in
     if required:
         raise ScoringError(f"evaluator {type(evaluator).__name__} needs {required} to score: not supported")
     try:
-        result = evaluator.score(**{p: v for p, v in available.items() if p in params})
+        # OpenICLEvalTask gives every evaluator its results directory as `_out_dir` before scoring; some write side
+        # files there (OmniDocBench's matched elements per page). Here a scratch directory, gone after the call:
+        # what counts is in the returned numbers and the run's per-sample store.
+        with tempfile.TemporaryDirectory(prefix="evalcluster-eval-out-") as out_dir:
+            evaluator._out_dir = out_dir
+            result = evaluator.score(**{p: v for p, v in available.items() if p in params})
     except Exception as exc:
         raise ScoringError(f"evaluator {type(evaluator).__name__} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(result, dict):
@@ -195,7 +202,7 @@ def _alone(dataset: EvalDataset, evaluator: Any, pred: Any, row: int, references
             return Verdict(False, 0.0, _text(pred), reason=f"the program broke the scoring: {exc}")
     else:
         result = _score(dataset, evaluator, [pred], [row], references)
-    numbers = [(k, float(v)) for k, v in result.items() if _is_number(v)]
+    numbers = list(_numbers(result).items())
     if not numbers:
         raise ScoringError(f"evaluator {type(evaluator).__name__} returned no numeric metric for one sample")
     # A right/wrong metric decides the sample wherever it comes (MBPPPassKEvaluator: counts first, then pass@1).
@@ -207,6 +214,24 @@ def _alone(dataset: EvalDataset, evaluator: Any, pred: Any, row: int, references
         correct = value > 0
         value = float(correct)  # right/wrong samples score 1/0 whatever the evaluator's scale
     return Verdict(correct, value, _text(pred))
+
+
+# HLEJudgeEvaluator reports its accuracy as text, with the half width of its 95% interval: "40.0% +/- 9.6%".
+_PERCENT_WITH_CI = re.compile(r"^\s*(-?\d+(?:\.\d+)?)%\s*(?:\+/-\s*(\d+(?:\.\d+)?)%)?\s*$")
+
+
+def _numbers(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a score() result, in its order; a percentage written as text ("40.0% +/- 9.6%") is
+    its number (40.0, on the evaluator's 0-100 scale), the interval's half width `<name> +/-` beside it."""
+    numbers: dict[str, float] = {}
+    for key, value in result.items():
+        if _is_number(value):
+            numbers[key] = float(value)
+        elif isinstance(value, str) and (match := _PERCENT_WITH_CI.match(value)):
+            numbers[key] = float(match.group(1))
+            if match.group(2) is not None:
+                numbers[f"{key} +/-"] = float(match.group(2))
+    return numbers
 
 
 def _is_number(value: Any) -> bool:

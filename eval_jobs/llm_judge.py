@@ -25,9 +25,12 @@ Where AISBench reads a verdict out of an answer it cannot parse, it silently fal
 here that sample is a **failed judgement** with the reason (`judge_error` in the frame, `judge_failures` in the
 summary), wrong as in AISBench. A judge request that failed, or a judgement still missing, is one too.
 
-Not yet: hle_llmjudge (HLEJudgeEvaluator reports its accuracy as text with no per-sample verdicts; AISBench also
-renders its judge prompt with `{question}` unfilled, as HLEDataset's rows have no `question` column), gedit
-(LMMGenInferencer), sweeps (eval_jobs/sweep refuses judged datasets).
+hle_llmjudge's judge answers in JSON (`"correct": "yes"`); HLEJudgeEvaluator gives no per-sample details and its
+accuracy as text ("40.0% +/- 9.6%"): each sample's verdict is its score() over that sample alone, as for other
+evaluators without details, and the text is read as its numbers (eval_jobs/judge.py). AISBench renders its judge
+prompt with `{question}` unfilled, as HLEDataset's rows have no `question` column; so does evalcluster.
+
+Not yet: gedit (LMMGenInferencer), sweeps (eval_jobs/sweep refuses judged datasets).
 """
 
 from __future__ import annotations
@@ -84,10 +87,6 @@ def unsupported_judge(dcfg: Any) -> str | None:
     kind = _type_name((judge_cfg.get("judge_model") or {}).get("type"))
     if kind not in API_OF_CLASS:  # evalcluster sends the judge's requests as it sends the answers'
         return f"judge_infer_cfg.judge_model {kind.rsplit('.', 1)[-1]}: not an OpenAI-compatible vLLM API model"
-    evaluator = _type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type"))
-    if evaluator == HLE_EVALUATOR:
-        # It reports accuracy as text ("40.0% +/- 9.6%") and no per-sample details, so no sample has a verdict.
-        return "judge_infer_cfg with HLEJudgeEvaluator (no per-sample verdicts): not supported yet"
     if _verdict_check(dcfg.get("eval_cfg") or {}) is None:
         return "judge_infer_cfg whose verdict format evalcluster cannot check (known: get_a_or_b): not supported yet"
     return None
@@ -234,6 +233,21 @@ def _verdict_check(eval_cfg: dict[str, Any]) -> Callable[[str], str | None] | No
     post = _type_name((eval_cfg.get("pred_postprocessor") or {}).get("type"))
     if post in (GET_A_OR_B, "get_a_or_b"):
         return _a_or_b_failure
+    if _type_name((eval_cfg.get("evaluator") or {}).get("type")) == HLE_EVALUATOR:
+        return _hle_failure
+    return None
+
+
+def _hle_failure(text: str) -> str | None:
+    """HLEJudgeEvaluator reads the judge's answer as JSON (whitespace runs made one space) and counts it right when
+    its `correct` holds "yes"; an answer it cannot parse it skips, which counts as wrong."""
+    from ais_bench.benchmark.datasets.hle import parse_predictions
+
+    parsed = parse_predictions([text])
+    if not parsed:
+        return f"judge answer not parsed: HLEJudgeEvaluator reads it as JSON, and it is not (it starts {text[:60]!r})"
+    if not isinstance(parsed[0]["correct"], str):
+        return f"judge answer not parsed: its JSON has no `correct` text (\"yes\" or \"no\"): {text[:60]!r}"
     return None
 
 

@@ -52,13 +52,13 @@ def media_urls(messages: Any) -> Iterator[tuple[str, str]]:
 
 
 def check_media(messages: list[Any], where: str) -> None:
-    """Every row has media, and every `file://` URL names an absolute path to an existing file (the engine opens
-    it: a missing or relative one would fail each request on the server, after the run started)."""
+    """Some row has media (a template that renders none is wrong; one row may have none: HLE mixes text-only
+    questions with pictured ones), and every `file://` URL names an absolute path to an existing file (the engine
+    opens it: a missing or relative one would fail each request on the server, after the run started)."""
+    if messages and not any(next(media_urls(row_messages), None) for row_messages in messages):
+        raise ConfigError(f"{where}: no row has an image, video or audio part rendered (MMPromptTemplate)")
     for row, row_messages in enumerate(messages, start=1):
-        urls = list(media_urls(row_messages))
-        if not urls:
-            raise ConfigError(f"{where}: row {row}: no image, video or audio part was rendered (MMPromptTemplate)")
-        for kind, url in urls:
+        for kind, url in media_urls(row_messages):
             if not url.startswith("file:"):
                 continue
             parts = urlsplit(url)

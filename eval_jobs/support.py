@@ -40,6 +40,32 @@ SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# Evaluators that cannot give a right score as AISBench ships them (checked against its repository's HEAD), and why.
+BROKEN_EVALUATORS = {
+    # score() runs the harness on its predictions file inside the `with open(...)` that writes it, before the
+    # file is flushed: the harness reads none of the answers (a small file: accuracy 0 whatever they are) or the
+    # first 8 KiB-blocks of them, cut mid-line. It also names each answer's problem by its position in the call
+    # (`Python/{i}`), not the row's task_id, and opens the problems relative to the working directory.
+    _AIS + "datasets.humanevalx.humanevalx.HumanevalXEvaluator":
+        "HumanevalXEvaluator: broken upstream (score() tests its predictions file before it is written out, so it "
+        "sees none or part of the answers)",
+}
+
+
+# gedit: AISBench runs its image-editing model in process (models/local_models/qwen_image_edit_mindie_sd.py, a
+# diffusion pipeline on Ascend through MindIE SD) and scores the PIL images it returns (LMMOutput).
+LMM_GEN_REFUSAL = ("LMMGenInferencer: the model must answer with an edited image, and a vLLM OpenAI-compatible "
+                   "server's completions answer with text only")
+# Dataset classes evalcluster cannot evaluate, and why.
+UNSUPPORTED_DATASETS = {
+    # AISBench replays the trace in its perf mode, each request at its `timestamp`; evalcluster's clients send
+    # samples as fast as they can, and MooncakeTraceEvaluator (a bare BaseEvaluator) has no score().
+    _AIS + "datasets.mooncake_trace.MooncakeTraceDataset":
+        "MooncakeTraceDataset: a request trace replayed at its timestamps (AISBench `-m perf`): evalcluster does not "
+        "schedule requests by time, and MooncakeTraceEvaluator scores nothing",
+}
+
+
 def missing_packages(evaluator_type: str) -> list[str]:
     """pip names of the packages `evaluator_type` needs to score that are not importable here."""
     return [pip for module, pip in SCORE_TIME_IMPORTS.get(evaluator_type, [])
@@ -50,8 +76,15 @@ def unsupported(dcfg: Any) -> str | None:
     """Why evalcluster cannot evaluate this dataset dict yet (one line naming the capability), or None."""
     infer_cfg = dcfg.get("infer_cfg") or {}
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
+    if inferencer == "LMMGenInferencer":
+        return LMM_GEN_REFUSAL
     if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
         return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
+    if _type_name(dcfg.get("type")) in UNSUPPORTED_DATASETS:
+        return UNSUPPORTED_DATASETS[_type_name(dcfg.get("type"))]
+    broken = BROKEN_EVALUATORS.get(_type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type")))
+    if broken:
+        return broken
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):
         return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
     if dcfg.get("judge_infer_cfg"):  # an LLM judges the answers: eval.judge names it (eval_jobs/llm_judge.py)

@@ -23,10 +23,7 @@ from typing import Any
 Writer = Callable[[Any, Path], None]
 WRITERS: dict[str, Writer] = {}
 # Dataset classes without a writer, and why (the coverage table says this instead of "no writer").
-KNOWN_GAPS = {
-    "MooncakeTraceDataset": "replays a request trace with a tokenizer (`model_path`): a performance dataset, "
-                            "not supported yet",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 # 30 rows: enough for the 25-shot fixed-k retrievers (ARC), which index their examples by position.
 QA = [(f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(30)]
@@ -80,6 +77,20 @@ def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",") -> None:
     buf = io.StringIO()
     csv.writer(buf, delimiter=delimiter).writerows(rows)
     path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def write_tokenizer(directory: Path) -> Path:
+    """A small word-level Hugging Face tokenizer (tokenizer.json + tokenizer_config.json, so AutoTokenizer loads it)
+    standing in for a model's, for the loaders that build their prompts from token ids or count tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({word for question, answer in QA for word in f"{question} {answer}".split()})
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", "[EOS]", *words])},
+                                           unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="[EOS]").save_pretrained(directory)
+    return directory
 
 
 # The writers register themselves on import (after the helpers above exist).

@@ -232,3 +232,48 @@ def _vocalsound(dcfg: Any, root: Path) -> None:
     base = path_in(dcfg, root)
     for i in range(ROWS):
         write_wav(base / f"f{i:04d}_{LABELS[i]}.wav", i)
+
+
+@writer("OCRBenchV2Dataset")
+def _ocrbench_v2(dcfg: Any, root: Path) -> None:
+    """OCRBench_v2.tsv: base64 images, and the fields its evaluator reads (answers as a Python list literal, the
+    task `category` that picks the metric; "without ..." where a row has no bbox, content or eval method)."""
+    words = ["red", "green", "blue", "yellow"]
+    _tsv(path_in(dcfg, root), ["index", "image", "question", "answer", "category", "content", "bbox_raw", "eval"],
+         [[i, b64(image_bytes(i)), f"What colour is square {i}?", repr([w]), "text recognition en",
+           "without content", "without bbox", "without eval"] for i, w in enumerate(words[:ROWS])])
+
+
+@writer("OmniDocBenchDataset")
+def _omnidocbench(dcfg: Any, root: Path) -> None:
+    """OmniDocBench.json: one page per image, its layout ground truth (a title, a paragraph, a display formula
+    and a table, each with its reading order) as OmniDocBench annotates pages; the images in `image_path`."""
+    pages = []
+    for i in range(ROWS):
+        name = f"page_{i}.jpg"
+        write_image(root / dcfg["image_path"] / name, i)
+        box = [0, 0, 8, 0, 8, 8, 0, 8]
+        dets = [
+            {"category_type": "title", "text": f"Square {i}", "order": 1},
+            {"category_type": "text_block", "text": f"This page shows square number {i} in one colour.", "order": 2},
+            {"category_type": "equation_isolated", "latex": f"$$x^{{2}} + {i} = y$$", "order": 3},
+            {"category_type": "table", "html": f"<table><tr><td>square</td><td>{i}</td></tr></table>",
+             "latex": f"\\begin{{tabular}}{{cc}} square & {i} \\\\ \\end{{tabular}}", "order": 4},
+        ]
+        pages.append({
+            "layout_dets": [dict(d, anno_id=n, poly=box, ignore=False, attribute={}) for n, d in enumerate(dets)],
+            "page_info": {"image_path": name, "page_no": i, "width": 8, "height": 8,
+                          "page_attribute": {"data_source": "book", "language": "english", "layout": "single_column"}},
+            "extra": {"relation": []},
+        })
+    path = path_in(dcfg, root)
+    path.write_text(json.dumps(pages), encoding="utf-8")
+
+
+@writer("HLEDataset")
+def _hle(dcfg: Any, root: Path) -> None:
+    """HLE's parquet: `question`, `answer`, and `image` (a data URL, or empty for a text-only question)."""
+    _parquet(path_in(dcfg, root), [
+        {"id": f"made-up-{i}", "question": f"What colour is square {i}?" if i % 2 else f"What is {i} + {i}?",
+         "answer": ["red", "green", "blue", "yellow"][i] if i % 2 else str(2 * i),
+         "image": f"data:image/jpeg;base64,{b64(image_bytes(i))}" if i % 2 else ""} for i in range(ROWS)])

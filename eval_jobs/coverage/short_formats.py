@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval_jobs.coverage.data_files import MCQ, QA, class_name, path_in, write_csv, write_jsonl, writer
+from eval_jobs.coverage.data_files import MCQ, QA, class_name, path_in, write_csv, write_jsonl, write_tokenizer, writer
 
 # -- one file of rows ------------------------------------------------------------------------------------------
 
@@ -268,3 +268,10 @@ def _humanevalx(dcfg: Any, root: Path) -> None:
     path = path_in(dcfg, root, f"humanevalx_{language}.jsonl.gz")
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+@writer("SyntheticDataset")
+def _synthetic(dcfg: Any, root: Path) -> None:
+    """No data file: the loader makes its requests (strings of "A", or random token ids decoded) with the model's
+    tokenizer, which a run takes from the served checkpoint; a small one stands in for it here."""
+    dcfg["model_path"] = str(write_tokenizer(root / "synthetic-tokenizer"))

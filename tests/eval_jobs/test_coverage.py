@@ -28,12 +28,19 @@ SUPPORTED = [
     "vocalsound_gen",  # audio files by path
     "videomme_gen",  # clips in the config's own `video_path` directory, resolved against the data dir
     "aime2025_gen_0_shot_llmjudge",  # an LLM judge: its prompts rendered, its verdicts scored
+    "hle_llmjudge",  # a judge answering in JSON, an evaluator with no details and its accuracy as text
+    "omnidocbench_gen",  # page layout ground truth + images; its evaluator writes side files to `_out_dir`
+    "synthetic_gen_tokenid",  # no data file: random token ids decoded with the model's tokenizer
+    "ocrbench_v2_gen_0_shot_chat",  # base64 images in a tsv; its module needs ipdb, zss, Polygon3 ... to import
 ]
 REFUSED = {
     "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
-    "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: not supported yet",  # judged, but generates images
-    "hle_llmjudge": "HLEJudgeEvaluator (no per-sample verdicts)",
-    "race_gen": "race_high_5_shot_cot_chat.py not found",  # broken upstream
+    "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: the model must answer with an edited image",
+    "race_gen": "broken upstream: it imports race_high_5_shot_cot_chat",
+    "mmlu_gen_5_shot_chat_prompt": "broken upstream: it imports ais_bench.benchmark.utils.text_postprocessors",
+    # scored 0 for every answer as shipped: refused at load, before a request is sent
+    "humanevalx_gen_0_shot": "HumanevalXEvaluator: broken upstream",
+    "mooncake_trace_gen": "MooncakeTraceDataset: a request trace replayed at its timestamps",
 }
 
 

@@ -201,3 +201,28 @@ def test_default_requests_carry_what_ais_bench_sends(demo) -> None:
     assert theirs["temperature"] == 0.01
     drop = {"messages", "stream", "stream_options"}
     assert {k: v for k, v in ours.items() if k not in drop} == {k: v for k, v in theirs.items() if k not in drop}
+
+
+def test_synthetic_prompts_are_made_with_the_served_checkpoints_tokenizer(tmp_path) -> None:
+    """SyntheticDataset decodes random token ids with the model's tokenizer. The default model config has no
+    `path`; a job that serves one checkpoint gives the loader that checkpoint's directory, as `ais_bench` gives the
+    model config's `path`. Without a served checkpoint the error says where the tokenizer could come from."""
+    from eval_jobs.config import JobConfig
+    from eval_jobs.coverage.data_files import write_tokenizer
+    from eval_jobs.evaluation import served_checkpoint
+
+    checkpoint_dir = write_tokenizer(tmp_path / "ckpt")  # a word-level tokenizer: its prompts are its own words
+    vocabulary = set(json.loads((checkpoint_dir / "tokenizer.json").read_text())["model"]["vocab"])
+
+    def job(*names: str) -> JobConfig:
+        return JobConfig(serve={"models": [{"model": str(checkpoint_dir), "served_model_name": n} for n in names]},
+                         eval={"datasets": ["synthetic_gen_tokenid"], "data_dir": str(tmp_path)})
+
+    checkpoint = served_checkpoint(job("ckpt"))
+    assert checkpoint is not None and checkpoint.directory == checkpoint_dir.resolve()
+    (dataset,) = load_datasets("synthetic_gen_tokenid", tmp_path, served_checkpoint=checkpoint)
+    words = [messages[0]["content"].split() for messages in dataset.messages]
+    assert len(words) == 10 and all(len(w) == 10 and set(w) <= vocabulary for w in words)  # RequestSize 10
+    assert served_checkpoint(job("a", "b")) == checkpoint  # two names for one directory: still one tokenizer
+    with pytest.raises(ConfigError, match="SyntheticDataset counts tokens.*serve the one checkpoint evaluated"):
+        load_datasets("synthetic_gen_tokenid", tmp_path)

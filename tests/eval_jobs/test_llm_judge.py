@@ -218,3 +218,29 @@ def test_a_sweep_refuses_judged_datasets_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError, match="LLM judge .*not supported in sweeps yet"):
         run_sweep(load_sweep_config(path))
     assert not (tmp_path / "sweep").exists()
+
+
+def test_hle_verdicts_are_its_evaluators_reading_of_the_judges_json(tmp_path):
+    """HLEJudgeEvaluator counts a judge answer right when its JSON says `"correct": "yes"`, skips (wrong) one it
+    cannot parse, and reports accuracy as text: each sample's verdict is its own reading, a non-JSON answer is a
+    failed judgement with the reason, and the text accuracy comes out as numbers matching the verdicts."""
+    from eval_jobs import dataset_configs as dc
+    from eval_jobs import datasets as ds
+    from eval_jobs.coverage.data_files import write_data_files
+    from eval_jobs.scoring import judge_frame
+
+    config = dc.resolve_config("hle_llmjudge")
+    dcfg = dc._dataset_dicts(config)[0]
+    write_data_files(dcfg, tmp_path)
+    dataset = ds._build(dcfg, config, tmp_path)
+    verdict = {"extracted_final_answer": "4", "reasoning": "r", "confidence": 90, "strict": True}
+    judged = [json.dumps(dict(verdict, correct="yes")), json.dumps(dict(verdict, correct="no")),
+              json.dumps(dict(verdict, correct="yes"), indent=2), "The answer is correct."]
+    frame = pd.DataFrame({"model": "m", "dataset": dataset.name, "index": range(4), "repeat": 0, "status": "ok",
+                          "response": "Answer: 4", "judge_response": judged, "judge_failure": None})
+    scored = judge_frame(frame, {dataset.name: dataset})
+    assert scored["correct"].tolist() == [True, False, True, False]
+    assert scored["judge_error"].iloc[:3].isna().all()
+    assert "HLEJudgeEvaluator reads it as JSON" in scored["judge_error"].iloc[3]
+    metrics = {row["metric"]: row["value"] for row in scored.attrs["evaluator_metrics"]}
+    assert metrics["accuracy"] == 50.0 and metrics["accuracy +/-"] == 49.0  # "50.0% +/- 49.0%" (Wald, n = 4)

@@ -203,6 +203,19 @@ def test_a_missing_or_relative_image_path_is_refused_at_load_naming_the_row(tmp_
         load_dataset("textvqa_gen", tmp_path)
 
 
+def test_text_only_rows_pass_but_a_template_that_renders_no_media_is_refused() -> None:
+    """HLE mixes text-only questions with pictured ones: a row without media is fine, rows that all lack it mean
+    the template renders none (a config mistake), refused before anything is sent."""
+    from eval_jobs.multimodal import check_media
+
+    text = [{"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"}]}]
+    pictured = [{"role": "user", "content": [{"type": "text", "text": "What colour?"},
+                                             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AA"}}]}]
+    check_media([text, pictured], "hle")
+    with pytest.raises(ConfigError, match="hle: no row has an image, video or audio part rendered"):
+        check_media([text, text], "hle")
+
+
 def test_a_job_through_its_own_ingress_refuses_a_body_over_the_limit_before_sending(tmp_path) -> None:
     from eval_jobs.config import EvalConfig
     from eval_jobs.evaluation import build_requests
