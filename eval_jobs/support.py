@@ -40,6 +40,10 @@ SCORE_TIME_IMPORTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+SUPPORTED_INFERENCERS = ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer",
+                         "BFCLV3FunctionCallInferencer")
+
+
 def missing_packages(evaluator_type: str) -> list[str]:
     """pip names of the packages `evaluator_type` needs to score that are not importable here."""
     return [pip for module, pip in SCORE_TIME_IMPORTS.get(evaluator_type, [])
@@ -50,8 +54,8 @@ def unsupported(dcfg: Any) -> str | None:
     """Why evalcluster cannot evaluate this dataset dict yet (one line naming the capability), or None."""
     infer_cfg = dcfg.get("infer_cfg") or {}
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
-    if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
-        return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
+    if inferencer not in SUPPORTED_INFERENCERS:
+        return f"{inferencer}: not supported yet (supported: {', '.join(SUPPORTED_INFERENCERS)})"
     if (dcfg.get("eval_cfg") or {}).get("sc_size"):
         return "eval_cfg.sc_size (self-consistency over lists of answers): not supported yet"
     if dcfg.get("judge_infer_cfg"):  # an LLM judges the answers: eval.judge names it (eval_jobs/llm_judge.py)
