@@ -257,22 +257,24 @@ async def send_function_calls(
                 raw, decoded, ids = decode_step(message, spec["fc"])
                 turn_calls.append(raw)
                 conversation.append(message)
-                if is_empty_execute_response(decoded):
+                if is_empty_execute_response(decoded):  # no calls: the turn is over
                     steps.append({**step, "decoded": decoded})
+                    if on_step is not None and not step.get("reused") and t + 1 < len(spec["turns"]):
+                        await on_step(_record(request, steps, started_at, first_sent, unfinished=True))
                     break
                 results, _ = multi_turn_utils.execute_multi_turn_func_call(
                     decoded, spec["initial_config"], spec["involved_classes"], model_name, spec["id"],
                     long_context=spec["long_context"])
                 if step.get("reused") and step.get("execution_results") != results:
-                    stored = stored[:len(steps)]  # replay gave other results: its later steps are not reused
+                    stored = stored[:len(steps) + 1]  # replay gave other results: its later steps are not reused
                 steps.append({**step, "decoded": decoded, "execution_results": results})
                 conversation.extend(result_messages(spec["fc"], results, decoded, ids))
                 count += 1
-                if on_step is not None and not step.get("reused"):
-                    await on_step(_record(request, steps, started_at, first_sent, unfinished=True))
                 if count > MAXIMUM_STEP_LIMIT:
                     error = "force_quit"  # AISBench: "forced to quit after MAXIMUM_STEP_LIMIT steps", not a failure
                     break
+                if on_step is not None and not step.get("reused"):
+                    await on_step(_record(request, steps, started_at, first_sent, unfinished=True))
             prediction.append(turn_calls)
             if error is not None:
                 break
