@@ -394,11 +394,19 @@ def with_answered_steps(request: SampleRequest, record: SampleResult | None) -> 
     return request.model_copy(update={"parts": answered}) if answered else request
 
 
-def prediction_of(response: str) -> Any:
-    """The stored response as the evaluator's prediction (what BFCLV3OutputHandler stores); "" for no answer."""
-    if not response:
-        return []
-    return json.loads(response)
+# What a failed request is scored as on an irrelevance question (see prediction_of).
+FAILED_REQUEST_CALL = [{"evalcluster_failed_request": "{}"}]
+
+
+def prediction_of(response: str, row_id: str) -> Any:
+    """The stored response as the evaluator's prediction (what BFCLV3OutputHandler stores). An ok answer is
+    always JSON; "" is a failed request (scoring.judge_frame), which evalcluster counts as wrong everywhere.
+    AISBench stores `[]` for it, which every BFCL evaluator judges wrong except on an irrelevance question, where
+    "no call" is the right answer: there it is scored as a call instead, so that the evaluator's own accuracy
+    and the per-sample verdicts agree (AISBench would count the failed request as a correct refusal)."""
+    if response:
+        return json.loads(response)
+    return copy.deepcopy(FAILED_REQUEST_CALL) if "irrelevance" in row_id else []
 
 
 def _total(parts: list[dict[str, Any]], field: str) -> int | None:

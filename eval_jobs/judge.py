@@ -77,7 +77,7 @@ def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[in
     if dataset.function_calls is not None:  # BFCL: the stored JSON of what AISBench's output handler stores
         from eval_jobs.function_calls import prediction_of
 
-        preds = [prediction_of(p) for p in preds]
+        preds = [prediction_of(p, dataset.rows[i]["id"]) for p, i in zip(preds, indices)]
     for cfg in (dataset.model_pred_postprocessor, eval_cfg.get("pred_postprocessor")):
         if cfg:
             preds = _postprocess(cfg, preds)

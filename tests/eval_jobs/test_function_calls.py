@@ -252,3 +252,31 @@ def test_an_unfinished_question_given_back_keeps_its_answered_steps():
     assert fc.with_answered_steps(request, partial).parts == [{"label": "turn 1 step 0", "result": step}]
     other = partial.model_copy(update={"fingerprint": "another question"})
     assert fc.with_answered_steps(request, other).parts == []
+
+
+def test_a_failed_request_is_wrong_for_every_bfcl_evaluator_and_the_accuracies_agree(tmp_path):
+    """A failed request counts as wrong, also on irrelevance questions (where calling nothing is right): the
+    evaluator's own accuracy and the per-sample verdicts agree."""
+    import pandas as pd
+
+    from eval_jobs import dataset_configs as dc
+    from eval_jobs import datasets as ds
+    from eval_jobs.coverage.data_files import write_data_files
+    from eval_jobs.coverage.function_call_formats import right_answer
+    from eval_jobs.model_config import load_model_config
+    from eval_jobs.scoring import judge_frame, summarize
+
+    for name in (IRRELEVANCE, SINGLE, MULTI):
+        path = dc.resolve_config(name)
+        dcfg = dc._dataset_dicts(path)[0]
+        write_data_files(dcfg, tmp_path / name)
+        dataset = ds._build(dcfg, path, tmp_path / name, load_model_config(MODEL_CONFIG))
+        responses = [right_answer(row, ref) for row, ref in zip(dataset.rows, dataset.references)]
+        frame = pd.DataFrame({"model": "m", "dataset": dataset.name, "index": range(len(responses)), "repeat": 0,
+                              "status": ["failed"] + ["ok"] * (len(responses) - 1),
+                              "response": [""] + responses[1:]})
+        judged = judge_frame(frame, {dataset.name: dataset})
+        assert judged["correct"].tolist() == [False] + [True] * (len(responses) - 1), name
+        summary = summarize(judged)
+        assert summary["error"].isna().all(), summary["error"].tolist()
+        assert summary.set_index("metric").loc["accuracy", "value"] == (len(responses) - 1) / len(responses)
