@@ -26,7 +26,7 @@ functions" message, and in FC mode the tools with them from that turn on).
 The decoding, the message bookkeeping and the role mapping of AISBench's `convert_message_to_prompt_list` +
 `VLLMCustomAPIChat.get_request_body` are re-stated here (a few lines each) so client actors import only
 bfcl_eval's small modules (0.15 s), not AISBench (7-12 s); tests/eval_jobs/test_function_calls.py checks them
-against AISBench's own classes on the engine's real answers.
+against AISBench's own impl classes, and the predictions against AISBench's own inferencer on the same engine.
 
 Differences from AISBench, none changing what is sent for a question: requests are never streamed (AISBench
 refuses stream mode for BFCL too); bfcl_eval keeps each question's API instances in its module globals under a
@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cluster.errors import ConfigError
 from eval_jobs.client import Bounds, Transports, _backoff
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.sse import MAX_ERROR_CHARS, AttemptError, as_bytes, error_message, read_error_body
@@ -89,8 +91,6 @@ def render_function_calls(dataset: Any, infer_cfg: Any, model_config: Any, where
         BFCLV3PromptInferencer,
     )
 
-    from cluster.errors import ConfigError
-
     if model_config.api != "chat":
         raise ConfigError(f"{where}: BFCL needs a chat model config (VLLMCustomAPIChat); eval.model_config "
                           f"{model_config.name} speaks the completions API")
@@ -122,8 +122,6 @@ def render_function_calls(dataset: Any, infer_cfg: Any, model_config: Any, where
 def check_modes(model_config: Any, eval_cfg: dict[str, Any], where: str) -> None:
     """The evaluator decodes what the inferencer stored: FC lists of calls when its `is_fc_model` (default True),
     else text. A model config whose mode differs would have every answer scored wrong: refused up front."""
-    from cluster.errors import ConfigError
-
     fc = bool(model_config.cfg.get("returns_tool_calls", False))
     evaluator_fc = bool((eval_cfg.get("evaluator") or {}).get("is_fc_model", True))
     if fc != evaluator_fc:
@@ -292,8 +290,7 @@ def _body(fields: dict[str, Any], messages: list[dict[str, Any]], tools: list | 
 
 
 def _digest(body: dict[str, Any]) -> str:
-    import hashlib
-
+    """What a stored step was sent with: a replayed step counts only if the request it answered is the same."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
