@@ -284,30 +284,26 @@ def test_a_failed_request_is_wrong_for_every_bfcl_evaluator_and_the_accuracies_a
 
 
 @pytest.mark.engine
-def test_through_serve_handles_a_question_gets_the_same_answers_as_over_http(endpoint):
+def test_through_serve_handles_a_question_gets_the_same_answers_as_over_http(endpoint, ray_cluster):
     """Client actors reach engines through Serve handles (`transport: auto`): the non-streamed answers of a
     single-turn and a multi-turn question are those of the HTTP endpoint, step for step."""
-    from eval_jobs.client import Bounds, Transports, serve_endpoint
+    from eval_jobs.client import serve_endpoint
     from eval_jobs.records import SampleKey
+    from eval_jobs.work import ClientSettings, distribute
     from serve_apps.ingress import engine_app_name
 
     fields = {"model": "tiny-a", "max_tokens": MAX_OUT_LEN, "temperature": 0, "ignore_eos": True}
-    specs = {name: load_dataset(name, model_config=MODEL_CONFIG).function_calls[0] for name in (SINGLE, MULTI)}
-
-    async def main() -> dict:
-        # One event loop for all: Serve binds a process's handle to the loop it was first used on.
-        out = {}
-        async with Transports(2, API_KEY) as transports:
-            for name, spec in specs.items():
-                for where in (serve_endpoint(engine_app_name("tiny-a")), endpoint.url):
-                    request = fc.function_call_request(SampleKey("tiny-a", name, 0, 0), where, spec, fields)
-                    out[name, where == endpoint.url] = await fc.send_function_calls(
-                        transports, request, bounds=Bounds(idle_s=60), max_retries=2, backoff_s=0.1)
-        return out
-
-    results = asyncio.run(main())
+    routes = {"handles": serve_endpoint(engine_app_name("tiny-a")), "http": endpoint.url}
+    requests = [fc.function_call_request(SampleKey("tiny-a", f"{name}-{route}", 0, 0), where,
+                                         load_dataset(name, model_config=MODEL_CONFIG).function_calls[0], fields)
+                for name in (SINGLE, MULTI) for route, where in routes.items()]
+    results: list[SampleResult] = []
+    distribute(requests, ClientSettings(concurrency=2, lease_size=2, timeout_s=60, max_retries=2, backoff_s=0.1,
+                                        api_key=API_KEY), 1, results.extend)
+    done = {r.dataset: r for r in results}
+    assert len(done) == 4
     for name in (SINGLE, MULTI):
-        handles, http = results[name, False], results[name, True]
+        handles, http = done[f"{name}-handles"], done[f"{name}-http"]
         assert handles.status == http.status == "ok", (handles.error, http.error)
         assert handles.response == http.response
         assert [p["message"] for p in handles.parts] == [p["message"] for p in http.parts]
