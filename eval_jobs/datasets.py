@@ -79,6 +79,9 @@ class EvalDataset:
     # Multi-turn datasets (eval_jobs/multiturn.py): per row, its conversation's turns (`messages[i]` is then the
     # scored turn's messages: the first turn's, or in mode `last` the one request).
     conversations: list[dict[str, Any]] | None = None
+    # BFCL datasets (eval_jobs/function_calls.py): per row, its question's spec (`messages[i]` is then its first
+    # request's messages).
+    function_calls: list[dict[str, Any]] | None = None
     # LLM-judged datasets (eval_jobs/llm_judge.py): the judge stage's dataset, infer and judge_model configs.
     llm_judge: dict[str, Any] | None = None
 
@@ -133,7 +136,7 @@ def load_datasets(name_or_path: str | Path, data_dir: str | Path | None = None,
 
 def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | None = None,
            served_checkpoint: ServedCheckpoint | None = None) -> EvalDataset:
-    from eval_jobs import llm_judge, multimodal, multiturn, ppl  # here, not at the top: ppl imports us
+    from eval_jobs import function_calls, llm_judge, multimodal, multiturn, ppl  # here, not at the top: ppl imports us
     from eval_jobs.support import check_evaluator_builds, missing_evaluator_packages, unsupported
 
     abbr = str(dcfg.get("abbr", config_path.stem))
@@ -168,7 +171,7 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
     dataset = build_rows(build_cfg, data_dir, data_path, where)
     reader = dataset.reader
     test = dataset.test
-    labels, options, conversations = None, None, None
+    labels, options, conversations, specs = None, None, None, None
     max_out_lens = reader.get_max_out_len()
     if ppl.is_ppl(infer_cfg):
         labels, options = ppl.render_options(dataset, infer_cfg)
@@ -177,6 +180,10 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
         conversations = multiturn.render_conversations(dataset, infer_cfg, model, where)
         messages = [row["turns"][0]["messages"] for row in conversations]
         max_out_lens = None  # per turn, in `conversations`
+    elif function_calls.is_function_call(infer_cfg):
+        function_calls.check_modes(model, dcfg.get("eval_cfg") or {}, where)
+        specs = function_calls.render_function_calls(dataset, infer_cfg, model, where)
+        messages = [function_calls.sent_messages(spec["turns"][0]["messages"]) for spec in specs]
     else:
         messages = render(dataset, infer_cfg, model)
         if multimodal.is_multimodal(infer_cfg):
@@ -200,6 +207,7 @@ def _build(dcfg: Any, config_path: Path, data_dir: Path, model: ModelConfig | No
         ppl_labels=labels,
         ppl_options=options,
         conversations=conversations,
+        function_calls=specs,
         api=model.api,
         llm_judge=llm_judge.judge_spec(dcfg, data_path),
     )

@@ -39,6 +39,7 @@ from eval_jobs.fingerprint import (
 from eval_jobs.llm_judge import attach_judgements, judge_dataset_name, judge_requests
 from eval_jobs.model_config import load_model_config
 from eval_jobs.multimodal import check_body_sizes
+from eval_jobs.function_calls import function_call_request
 from eval_jobs.multiturn import conversation_request
 from eval_jobs.ppl import ppl_request, reuse_parts
 from eval_jobs.prompts import aisbench_request_defaults
@@ -79,6 +80,8 @@ def build_requests(
                         request = ppl_request(key, endpoint, ds.ppl_options[index], ds.ppl_labels or [], fields)
                     elif ds.conversations is not None:  # a conversation: one request per turn
                         request = conversation_request(key, endpoint, ds.conversations[index], fields)
+                    elif ds.function_calls is not None:  # a BFCL question: one request per step
+                        request = function_call_request(key, endpoint, ds.function_calls[index], fields)
                     else:
                         request = SampleRequest(key=key, endpoint=endpoint, body={**ds.request_input(index), **fields})
                     if identities is not None:

@@ -35,6 +35,8 @@ CORRECT_KEYS = ("correct", "is_correct", "cascade_correct")
 # LEvalEMEvaluator's `exact_match`, MBPPPassKEvaluator's `pass@1`. Not `score`: LongBench's F1/ROUGE evaluators
 # call theirs that too.
 BINARY_METRIC_NAMES = ("accuracy", "acc", "exact_match", "em", "pass@1")
+# Evaluators whose details hold only the samples they judged wrong, each by the row's `id` (AISBench's BFCL ones).
+FAILED_ONLY_DETAILS = ("BFCLSingleTurnEvaluator", "BFCLRelevanceEvaluator", "BFCLMultiTurnEvaluator")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[in
         raise ConfigError(f"{dataset.config_path}: dataset {dataset.name!r}: eval_cfg has no evaluator")
     references = _references(dataset, eval_cfg)
     preds: list[Any] = list(predictions)
+    if dataset.function_calls is not None:  # BFCL: the stored JSON of what AISBench's output handler stores
+        from eval_jobs.function_calls import prediction_of
+
+        preds = [prediction_of(p, dataset.rows[i]["id"]) for p, i in zip(preds, indices)]
     for cfg in (dataset.model_pred_postprocessor, eval_cfg.get("pred_postprocessor")):
         if cfg:
             preds = _postprocess(cfg, preds)
@@ -93,6 +99,8 @@ def judge(dataset: EvalDataset, predictions: Sequence[str], indices: Sequence[in
     if _has_correctness(details, len(preds)):
         _check_order(dataset.name, details, [references[i] for i in rows])
         verdicts = [_from_detail(d, preds[j]) for j, d in enumerate(details)]
+    elif _type_of(eval_cfg["evaluator"]) in FAILED_ONLY_DETAILS:
+        verdicts = _from_failed_ids(dataset, details, preds, rows)
     else:
         verdicts = [_alone(dataset, evaluator, preds[j], i, references) if j not in bad else None
                     for j, i in enumerate(rows)]
@@ -178,6 +186,25 @@ def _score(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows: list[in
     if "error" in result:
         raise ScoringError(f"evaluator {type(evaluator).__name__} error: {result['error']}")
     return result
+
+
+def _type_of(evaluator_cfg: dict[str, Any]) -> str:
+    kind = evaluator_cfg.get("type")
+    return (kind if isinstance(kind, str) else getattr(kind, "__name__", "")).rsplit(".", 1)[-1]
+
+
+def _from_failed_ids(dataset: EvalDataset, details: Any, preds: list[Any], rows: list[int]) -> list[Verdict]:
+    """Verdicts of an evaluator whose details list only the samples it failed, each by its row's `id` (BFCL's):
+    a sample is right unless its id is among them. Ids must be unique among the rows scored."""
+    ids = [dataset.rows[i]["id"] for i in rows]
+    if len(set(ids)) != len(ids):
+        raise ScoringError(f"{dataset.name}: rows share ids: failed samples cannot be told apart")
+    failed = {d.get("id") for d in details or [] if isinstance(d, dict)}
+    unknown = failed - set(ids)
+    if unknown:
+        raise ScoringError(f"{dataset.name}: evaluator details name ids not scored: {sorted(unknown)[:5]}")
+    return [Verdict(sample_id not in failed, float(sample_id not in failed), _text(preds[j]))
+            for j, sample_id in enumerate(ids)]
 
 
 def _has_correctness(details: Any, n: int) -> bool:

@@ -193,9 +193,14 @@ async def send_ppl(
 def reuse_parts(todo: Sequence[SampleRequest], latest: dict[SampleKey, SampleResult]) -> list[SampleRequest]:
     """`todo` with the options an earlier, failed record of the same question (same fingerprint) got answers for:
     a rerun sends only the options still missing."""
+    from eval_jobs.function_calls import is_function_call_request, with_answered_steps
+
     out = []
     for request in todo:
         record = latest.get(request.key)
+        if is_function_call_request(request):  # a BFCL question: its answered steps, replayed (function_calls.py)
+            out.append(with_answered_steps(request, record))
+            continue
         if not request.parts or record is None or record.status == "ok" or record.fingerprint != request.fingerprint:
             out.append(request)
             continue

@@ -28,11 +28,16 @@ def render(dataset: Any, infer_cfg: Any, model_config: ModelConfig | None = None
     """What each test row sends, built the way GenInferencer.get_data_list and the model config's class do: chat
     messages (VLLMCustomAPIChat), or the prompt string its meta_template makes (VLLMCustomAPI). For a PPL dataset:
     each row's first option (`ppl.render_options` gives them all); for a multi-turn one, each row's first request
-    (`multiturn.render_conversations` gives them all)."""
+    (`multiturn.render_conversations` gives them all); for a BFCL one, each question's first request's messages
+    (`function_calls.render_function_calls` gives its turns and tools)."""
     from ais_bench.benchmark.models.output import RequestOutput
 
-    from eval_jobs import multiturn, ppl
+    from eval_jobs import function_calls, multiturn, ppl
 
+    if function_calls.is_function_call(infer_cfg):
+        specs = function_calls.render_function_calls(dataset, infer_cfg, model_config or load_model_config(),
+                                                     "dataset")
+        return [function_calls.sent_messages(spec["turns"][0]["messages"]) for spec in specs]
     if ppl.is_ppl(infer_cfg):
         return [row[0] for row in ppl.render_options(dataset, infer_cfg)[1]]
     if multiturn.is_multiturn(infer_cfg):

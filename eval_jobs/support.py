@@ -66,6 +66,10 @@ UNSUPPORTED_DATASETS = {
 }
 
 
+SUPPORTED_INFERENCERS = ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer",
+                         "BFCLV3FunctionCallInferencer")
+
+
 def missing_packages(evaluator_type: str) -> list[str]:
     """pip names of the packages `evaluator_type` needs to score that are not importable here."""
     return [pip for module, pip in SCORE_TIME_IMPORTS.get(evaluator_type, [])
@@ -78,8 +82,8 @@ def unsupported(dcfg: Any) -> str | None:
     inferencer = _type_name(infer_cfg.get("inferencer", {}).get("type")).rsplit(".", 1)[-1]
     if inferencer == "LMMGenInferencer":
         return LMM_GEN_REFUSAL
-    if inferencer not in ("GenInferencer", "PPLInferencer", "MultiTurnGenInferencer"):
-        return f"{inferencer}: not supported yet (supported: GenInferencer, PPLInferencer, MultiTurnGenInferencer)"
+    if inferencer not in SUPPORTED_INFERENCERS:
+        return f"{inferencer}: not supported yet (supported: {', '.join(SUPPORTED_INFERENCERS)})"
     if _type_name(dcfg.get("type")) in UNSUPPORTED_DATASETS:
         return UNSUPPORTED_DATASETS[_type_name(dcfg.get("type"))]
     broken = BROKEN_EVALUATORS.get(_type_name(((dcfg.get("eval_cfg") or {}).get("evaluator") or {}).get("type")))

@@ -29,6 +29,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.net import is_loopback
 from eval_jobs.client import SERVE_SCHEME, Bounds, Transports, failed_result, send_chat
+from eval_jobs.function_calls import is_function_call_request, send_function_calls
 from eval_jobs.multiturn import is_conversation, send_conversation
 from eval_jobs.ppl import reuse_parts, send_ppl
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
@@ -236,6 +237,10 @@ class EvalClient:
                 return await send_conversation(
                     session, request, bounds=s.bounds(), max_retries=s.max_retries, backoff_s=s.backoff_s,
                     on_turn=lambda partial: queue.progress.remote(self._name, partial))
+            if is_function_call_request(request):  # a BFCL question: its answered steps go to the queue too
+                return await send_function_calls(
+                    session, request, bounds=s.bounds(), max_retries=s.max_retries, backoff_s=s.backoff_s,
+                    on_step=lambda partial: queue.progress.remote(self._name, partial))
             send = send_ppl if request.parts else send_chat
             return await send(session, request, bounds=s.bounds(), max_retries=s.max_retries, backoff_s=s.backoff_s)
         except Exception as exc:  # send_chat records failures itself; this guards the actor against its bugs

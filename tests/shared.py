@@ -29,10 +29,15 @@ RAY_CPUS = 8
 RAY_NPUS = 4
 
 
+TOOL_CALL_ARGS = {"enable-auto-tool-choice": True, "tool-call-parser": "hermes"}
+
+
 def tiny_models(tiny_model: Path, *names: str) -> list[ModelConfig]:
     # float32: greedy answers through the endpoint and straight from the engine must match token for token.
+    # Tool calls as BFCL's function-call model config sends them (`tools`, tool_choice auto): vLLM answers those only
+    # with a tool-call parser; it changes nothing for requests without tools.
     return [ModelConfig(model=str(tiny_model), served_model_name=name, dtype="float32",
-                        max_model_len=MAX_MODEL_LEN) for name in names]
+                        max_model_len=MAX_MODEL_LEN, engine_args=TOOL_CALL_ARGS) for name in names]
 
 
 def distribute_with_fault(

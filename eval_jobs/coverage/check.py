@@ -57,6 +57,7 @@ HLE_EVALUATOR = "ais_bench.benchmark.datasets.hle.HLEJudgeEvaluator"
 HLE_RIGHT, HLE_WRONG = ({"extracted_final_answer": "the answer", "reasoning": "It matches the correct answer."
                          if correct == "yes" else "It does not match.", "correct": correct, "confidence": 80,
                          "strict": True} for correct in ("yes", "no"))
+FUNCTION_CALL_MODEL = "vllm_api_function_call_chat"  # AISBench's model config for BFCL (returns_tool_calls)
 
 
 @dataclass
@@ -134,13 +135,14 @@ def _check_dict(dcfg: Any, config_path: Path, result: ConfigCoverage) -> None:
             result.reason = "loads: " + _one_line(exc)
             return
         result.loads = True
+        model = _model_config_for(dcfg)
         try:
-            ds.render(built, dcfg["infer_cfg"])
+            ds.render(built, dcfg["infer_cfg"], model)
         except Exception as exc:
             result.reason = "renders: " + _one_line(exc)
             return
         result.renders = True
-        dataset = ds._build(dcfg, config_path, data_dir)
+        dataset = ds._build(dcfg, config_path, data_dir, model)
         if dataset.llm_judge is not None:
             try:
                 _render_judge_prompts(dataset)
@@ -162,6 +164,11 @@ def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
 
     if dataset.ppl_labels is not None:  # a PPL answer is always one of the labels: the reference's, or another
         responses = [_ppl_answer(dataset.ppl_labels, ref, right=i % 2 == 0) for i, ref in enumerate(dataset.references)]
+    elif dataset.function_calls is not None:  # BFCL: the calls the row expects, or a reply without any
+        from eval_jobs.coverage.function_call_formats import right_answer, wrong_answer
+
+        responses = [right_answer(row, ref) if i % 2 == 0 else wrong_answer(row, WRONG_ANSWER)
+                     for i, (row, ref) in enumerate(zip(dataset.rows, dataset.references))]
     else:
         responses = [_right_answer(ref) if i % 2 == 0 else WRONG_ANSWER for i, ref in enumerate(dataset.references)]
     frame = pd.DataFrame({"model": "coverage", "dataset": dataset.name, "index": range(len(dataset)), "repeat": 0,
@@ -178,6 +185,16 @@ def _score(dataset: ds.EvalDataset) -> tuple[bool, list[str]]:
     if summary.empty:
         return False, ["the evaluator returned no numbers"]
     return True, [f"{m}" for m in summary["metric"]]
+
+
+def _model_config_for(dcfg: Any) -> Any:
+    """The model config a config is checked with: AISBench's for function calling for BFCL configs (their
+    evaluators decode tool calls), else the default chat one."""
+    from eval_jobs.function_calls import is_function_call
+    from eval_jobs.model_config import load_model_config
+
+    return load_model_config(FUNCTION_CALL_MODEL if is_function_call(dcfg.get("infer_cfg")) else
+                             ds.DEFAULT_MODEL_CONFIG)
 
 
 def _render_judge_prompts(dataset: ds.EvalDataset) -> None:

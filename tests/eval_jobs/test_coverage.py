@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval_jobs.coverage.check import check_config, markdown
+from eval_jobs.coverage.check import check_config, check_configs, markdown
 from eval_jobs.dataset_configs import resolve_config
 from evalcluster_cli.main import main
 
@@ -33,8 +33,8 @@ SUPPORTED = [
     "synthetic_gen_tokenid",  # no data file: random token ids decoded with the model's tokenizer
     "ocrbench_v2_gen_0_shot_chat",  # base64 images in a tsv; its module needs ipdb, zss, Polygon3 ... to import
 ]
+BFCL_CONFIGS = 22  # AISBench's BFCL/ directory: 22 dataset configs and BFCL_gen_ids.py, a helper
 REFUSED = {
-    "BFCL_gen_simple": "BFCLV3FunctionCallInferencer: not supported yet",
     "gedit_gen_0_shot_llmjudge": "LMMGenInferencer: the model must answer with an edited image",
     "race_gen": "broken upstream: it imports race_high_5_shot_cot_chat",
     "mmlu_gen_5_shot_chat_prompt": "broken upstream: it imports ais_bench.benchmark.utils.text_postprocessors",
@@ -68,5 +68,41 @@ def test_cli_writes_the_table(tmp_path, capsys) -> None:
 
 
 def test_markdown_counts_only_shipped_configs() -> None:
-    results = [check_config(n, resolve_config(n)) for n in ("demo_arith_gen_0_shot_chat_prompt", "BFCL_gen_simple")]
+    results = [check_config(n, resolve_config(n)) for n in ("demo_arith_gen_0_shot_chat_prompt", "race_gen")]
     assert "**0 of 1 shipped" in markdown(results)  # the repo's own demo config is listed, not counted
+
+
+def test_every_bfcl_config_loads_renders_and_scores_on_bfcl_evals_own_rows() -> None:
+    results = check_configs("BFCL_gen_*")
+    assert len(results) == BFCL_CONFIGS
+    assert [(r.config, r.reason) for r in results if not (r.loads and r.renders and r.scores)] == []
+    assert all({"accuracy", "correct_count", "total_count"} <= set(r.metrics) for r in results)
+
+
+@pytest.mark.parametrize("name", ["BFCL_gen_simple", "BFCL_gen_javascript", "BFCL_gen_live_parallel_multiple",
+                                  "BFCL_gen_irrelevance", "BFCL_gen_live_relevance", "BFCL_gen_multi_turn_miss_func"])
+def test_bfcl_reference_calls_are_right_and_wrong_answers_wrong(name: str, tmp_path) -> None:
+    """The real BFCL evaluators (AST checker; multi-turn: bfcl_eval executing both call lists) on the reference
+    calls (even rows) and a wrong answer (odd rows): verdicts by id, and the evaluator's accuracy equal to theirs."""
+    import pandas as pd
+
+    from eval_jobs import dataset_configs as dc
+    from eval_jobs import datasets as ds
+    from eval_jobs.coverage.check import _model_config_for
+    from eval_jobs.coverage.data_files import write_data_files
+    from eval_jobs.coverage.function_call_formats import right_answer, wrong_answer
+    from eval_jobs.scoring import judge_frame, summarize
+
+    path = resolve_config(name)
+    dcfg = dc._dataset_dicts(path)[0]
+    write_data_files(dcfg, tmp_path)
+    dataset = ds._build(dcfg, path, tmp_path, _model_config_for(dcfg))
+    responses = [right_answer(row, ref) if i % 2 == 0 else wrong_answer(row, "I do not know.")
+                 for i, (row, ref) in enumerate(zip(dataset.rows, dataset.references))]
+    frame = pd.DataFrame({"model": "m", "dataset": dataset.name, "index": range(len(responses)), "repeat": 0,
+                          "status": "ok", "response": responses})
+    judged = judge_frame(frame, {dataset.name: dataset})
+    assert judged["correct"].tolist() == [i % 2 == 0 for i in range(len(responses))]
+    summary = summarize(judged)
+    assert summary["error"].isna().all()  # else the verdicts and the evaluator's own accuracy differ
+    assert summary.set_index("metric").loc["accuracy", "value"] == 0.5

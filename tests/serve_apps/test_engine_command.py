@@ -33,6 +33,15 @@ def test_ascend_command_is_the_seed_vllm_mindspore_server():
                     "--distributed-executor-backend", "mp", *KEY_GUARD, "--host", "127.0.0.1", "--port", "41000"]
 
 
+def test_ascend_command_with_tool_call_flags_keeps_the_vllm_mindspore_prefix():
+    # BFCL's function-call model config sends `tools` with tool_choice auto: vLLM answers them only with these.
+    tools = {"enable-auto-tool-choice": True, "tool-call-parser": "hermes"}
+    argv = engine_command(seed_model(engine_args=tools), EngineConfig(platform="ascend", python=PY), port=41000)
+    assert argv == [PY, "-m", "vllm_mindspore.entrypoints", "vllm.entrypoints.openai.api_server", *SEED_FLAGS,
+                    "--distributed-executor-backend", "mp", "--enable-auto-tool-choice", "--tool-call-parser",
+                    "hermes", *KEY_GUARD, "--host", "127.0.0.1", "--port", "41000"]
+
+
 def test_cuda_command_is_vllm_own_server():
     argv = engine_command(seed_model(), EngineConfig(platform="cuda", python=PY), port=41001)
     assert argv == [PY, "-m", "vllm.entrypoints.openai.api_server", *SEED_FLAGS,
