@@ -58,11 +58,15 @@ LMM_GEN_REFUSAL = ("LMMGenInferencer: the model must answer with an edited image
                    "server's completions answer with text only")
 # Dataset classes evalcluster cannot evaluate, and why.
 UNSUPPORTED_DATASETS = {
-    # AISBench replays the trace in its perf mode, each request at its `timestamp`; evalcluster's clients send
-    # samples as fast as they can, and MooncakeTraceEvaluator (a bare BaseEvaluator) has no score().
+    # A performance trace: AISBench replays it in its perf mode (each request at its `timestamp` with the model
+    # config's use_timestamp; evalcluster's clients send samples as fast as their concurrency allows), and
+    # MooncakeTraceEvaluator (a bare BaseEvaluator) has no score(). Its loader also generates each prompt from
+    # aiperf's corpus (ais_bench/third_party/aiperf/assets/shakespeare.txt), which AISBench's source tree has and
+    # the ais-bench-benchmark wheel does not ship: loading fails here before any row is read.
     _AIS + "datasets.mooncake_trace.MooncakeTraceDataset":
         "MooncakeTraceDataset: a request trace replayed at its timestamps (AISBench `-m perf`): evalcluster does not "
-        "schedule requests by time, and MooncakeTraceEvaluator scores nothing",
+        "schedule requests by time, MooncakeTraceEvaluator scores nothing, and the ais-bench-benchmark wheel lacks "
+        "the aiperf corpus its prompts are generated from",
 }
 
 
