@@ -25,7 +25,7 @@ from cluster.errors import ConfigError, run_command
 from eval_jobs.datasets import EvalDataset, load_datasets
 from eval_jobs.report import print_summary, write_config, write_report
 from eval_jobs.provenance import library_versions, provenance
-from eval_jobs.evaluation import build_requests, output_dir, tracker_logdir, with_references
+from eval_jobs.evaluation import build_requests, check_judge, output_dir, tracker_logdir, with_references
 from eval_jobs.trackers import check_installed, open_trackers
 from eval_jobs.viewer import write_viewer
 from eval_jobs.store import RunDir, SampleStore
@@ -58,10 +58,12 @@ def run_sweep(job: SweepJobConfig, on_scored: OnScored | None = None) -> SweepRe
     check_installed(tracker_names)  # before anything starts
     datasets = {ds.name: ds for name in job.eval.datasets for ds in load_datasets(name, job.eval.data_dir,
                                                                                    job.eval.aisbench_model)}
+    check_judge(job.eval, datasets)
     judged = [ds.config_name for ds in datasets.values() if ds.llm_judge is not None]
-    if judged:  # the judge stage runs in `evalcluster eval` only (eval_jobs/llm_judge.py)
-        raise ConfigError(f"eval.datasets: {judged} have an LLM judge (judge_infer_cfg): not supported in sweeps "
-                          "yet; evaluate each checkpoint with `evalcluster eval` and eval.judge")
+    if judged and not job.eval.judge.endpoint:  # the sweep's endpoint serves only the checkpoints it sweeps
+        raise ConfigError(f"eval.judge.endpoint: {judged} have an LLM judge (judge_infer_cfg), and in a sweep the "
+                          f"judge ({job.eval.judge.model!r}) is served elsewhere: set eval.judge.endpoint to the "
+                          "server that serves it (e.g. an `evalcluster serve` of the judge checkpoint)")
     checkpoints = discover(job.sweep)  # bad paths, globs and names fail here, before anything starts
     mindrlhf = next((s for s in job.sweep.checkpoints if s.mindrlhf), None)
     watcher = (Watcher(Path(job.sweep.watch).expanduser(), job.sweep.settle_s,

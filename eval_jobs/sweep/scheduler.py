@@ -23,11 +23,12 @@ conversions are cancelled. What was stored stays, and the same command resumes.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from cluster.errors import HostLostError, InfeasiblePlacementError
 from cluster.planner import Ledger, NodeCapacity, ReplicaNeeds, check_feasible, live_nodes, replica_needs
 from eval_jobs.datasets import EvalDataset
 from eval_jobs.evaluation import build_requests, client_settings, data_plane
+from eval_jobs.fingerprint import checkpoint_identities
+from eval_jobs.llm_judge import judge_requests
 from eval_jobs.ppl import reuse_parts
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
 from eval_jobs.store import SampleStore, matching, plan_resume
@@ -140,6 +143,7 @@ class Sweep:
         self.latest: dict[SampleKey, SampleResult] = {}
         self._store_lock = threading.Lock()
         self._serve_lock = threading.Lock()  # deploys and deletes go one at a time; waiting for readiness does not
+        self._judge_identity: str | None = None
 
     # -- planning --------------------------------------------------------------------------------------------
 
@@ -363,6 +367,30 @@ class Sweep:
                 self.endpoint.remove_model(name)
             self.events.write("retired", name)
             log.info("%s: retired", name)
+        self._judge(name, watch)
+
+    def _judge(self, name: str, watch: Callable[[], None]) -> None:
+        """The judge requests of `name`'s answers to LLM-judged datasets (eval_jobs/llm_judge.py), sent to
+        eval.judge.endpoint once the checkpoint is retired, through the same client actors and store; they join
+        its planned samples, so its scores are made from them and a rerun sends only what is missing."""
+        judged = [ds for ds in self.datasets if ds.llm_judge is not None]
+        if not judged or self.job.serve.engine.kind == "sim":  # a simulator's answers are never scored
+            return
+        cfg = self.job.eval
+        key = cfg.judge.api_key.get_secret_value() if cfg.judge.api_key else None
+        if self._judge_identity is None:  # the judge's model card, asked once per sweep
+            self._judge_identity = checkpoint_identities({cfg.judge.model: cfg.judge.endpoint}, key)[cfg.judge.model]
+        with self._store_lock:
+            answers = matching(self.latest, self.requests[name])
+        plan = [request for ds in judged for request in judge_requests(
+            ds, cfg.judge, [r for r in answers if r.dataset == ds.name], cfg.judge.endpoint, self._judge_identity)]
+        with self._store_lock:
+            self.requests[name] = self.requests[name] + plan
+            resume = plan_resume(plan, self.latest)
+        log.info("%s: %d judge requests (%s): %s", name, len(plan), cfg.judge.model, resume.summary())
+        self.events.write("judge", name, reused=resume.reused, sent=len(resume.todo))
+        settings = dataclasses.replace(client_settings(cfg), api_key=key)
+        distribute(resume.todo, settings, cfg.clients, self._record, watch=watch)
 
     def records_of(self, name: str) -> list[SampleResult]:
         """The latest records of `name`'s planned samples (this config, the checkpoint's current files)."""

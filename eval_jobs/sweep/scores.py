@@ -34,6 +34,7 @@ from eval_jobs.datasets import EvalDataset
 from eval_jobs.records import SampleResult
 from eval_jobs.tables import samples_frame
 from eval_jobs.evaluation import score
+from eval_jobs.llm_judge import judge_dataset_name
 from eval_jobs.scoring import EVALUATOR_METRICS, SCORING_ERRORS, summarize
 
 log = logging.getLogger("evalcluster.sweep")
@@ -51,6 +52,8 @@ class CheckpointScorer:
         self.events = events  # scheduler.EventLog
         self.simulated = simulated  # simulated engines: samples are kept for the perf report, never judged
         self.on_scored = on_scored
+        # The judge stages' samples (`<abbr>-judge`) score their dataset's answers; they are not datasets themselves.
+        self._judge_stages = {judge_dataset_name(d) for d in self.datasets.values() if d.llm_judge is not None}
         self.failed: dict[str, dict[str, str]] = {}  # checkpoint → dataset → why it could not be scored
         self._frames: dict[str, pd.DataFrame] = {}  # checkpoint → its per-sample frame (with verdicts)
         self._summaries: dict[str, pd.DataFrame] = {}
@@ -112,7 +115,8 @@ class CheckpointScorer:
         if self.simulated:
             frame, summary = samples_frame(records), pd.DataFrame()
         else:
-            frame = score(list(records), self.datasets)
+            judge_records = [r for r in records if r.dataset in self._judge_stages]
+            frame = score([r for r in records if r.dataset not in self._judge_stages], self.datasets, judge_records)
             summary = summarize(frame, self.ks) if not frame.empty else pd.DataFrame()
             for failure in frame.attrs.get(SCORING_ERRORS, []):
                 self._fail(name, failure["dataset"], failure["error"])

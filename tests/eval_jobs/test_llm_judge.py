@@ -207,17 +207,62 @@ def test_judge_flags_do_not_collide_with_the_evaluated_endpoints_and_generation(
     }
 
 
-def test_a_sweep_refuses_judged_datasets_before_anything_starts(tmp_path):
+def sweep_config(tmp_path: Path, judge: dict, **sweep_fields) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps({
+        # The session's key: the sweep joins the session's ingress, which lists models only to callers with it.
+        "serve": {"port": 0, "api_key": API_KEY},
+        "eval": {"datasets": [str(judged_config(tmp_path))], "data_dir": str(aime_data(tmp_path)),
+                 "generation": {"max_out_len": 8, "temperature": 0}, "judge": judge, "clients": 1,
+                 "concurrency": 4, "timeout_s": 60, "output": str(tmp_path / "sweep"), "trackers": []},
+        "sweep": {"watch": str(tmp_path / "checkpoints"), **sweep_fields}}))
+    return path
+
+
+def test_a_sweep_with_a_judge_but_no_judge_endpoint_is_refused_before_anything_starts(tmp_path):
     from eval_jobs.sweep.config import load_sweep_config
     from eval_jobs.sweep.run import run_sweep
 
-    path = tmp_path / "sweep.yaml"
-    path.write_text(json.dumps({"eval": {"datasets": [str(judged_config(tmp_path))], "data_dir": str(aime_data(tmp_path)),
-                                         "judge": {"model": "j"}, "output": str(tmp_path / "sweep"), "trackers": []},
-                                "sweep": {"watch": str(tmp_path / "checkpoints")}}))
-    with pytest.raises(ConfigError, match="LLM judge .*not supported in sweeps yet"):
-        run_sweep(load_sweep_config(path))
+    with pytest.raises(ConfigError, match=r"eval.judge.endpoint: .*aime2025_short_llmjudge.* served elsewhere"):
+        run_sweep(load_sweep_config(sweep_config(tmp_path, {"model": "j"})))
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.engine
+def test_a_sweep_checkpoint_is_judged_by_a_judge_on_another_endpoint_and_a_rerun_judges_nothing_again(
+        endpoint, tiny_model, cpu_engine, tmp_path):
+    """The sweep deploys its checkpoint, retires it once it answered, then sends each answer's judgement to tiny-b
+    on the session's endpoint; the checkpoint's scores are made from those judgements, and a rerun sends none."""
+    from eval_jobs.sweep.config import load_sweep_config
+    from eval_jobs.sweep.run import run_sweep
+
+    config = sweep_config(tmp_path, {"model": "tiny-b", "endpoint": endpoint.url, "api_key": API_KEY,
+                                     "generation": {"max_out_len": 4, "temperature": 0}},
+                          watch=None, checkpoints=[{"path": str(tiny_model), "name": "step_100", "step": 100}],
+                          serving={"dtype": "float32", "max_model_len": 512})
+    job = load_sweep_config(config)
+    job = job.model_copy(update={"serve": job.serve.model_copy(update={"engine": cpu_engine})})
+    before = engine_requests(endpoint, "tiny-b")
+    result = run_sweep(job)
+    assert engine_requests(endpoint, "tiny-b") - before == len(QUESTIONS)  # one judgement per answer
+
+    latest = SampleStore(RunDir(tmp_path / "sweep").samples_jsonl).latest()
+    judgements = [r for r in latest.values() if r.dataset == "aime2025-judge"]
+    assert sorted(r.index for r in judgements) == [0, 1, 2]
+    assert all(r.status == "ok" and r.model == "step_100" for r in judgements)
+    samples = pd.read_parquet(RunDir(tmp_path / "sweep").samples_parquet)
+    assert set(samples["dataset"]) == {"aime2025"}  # the judgements score the answers; no dataset of their own
+    assert samples["judge_response"].notna().all()
+    summary = pd.read_csv(RunDir(tmp_path / "sweep").summary_csv)
+    row = summary[(summary["model"] == "step_100") & (summary["metric"] == "accuracy")].iloc[0]
+    assert row["value"] == samples["correct"].astype(bool).mean()
+    assert row["judge_failures"] == samples["judge_error"].notna().sum()
+    curve = pd.read_csv(tmp_path / "sweep" / "sweep.csv").set_index("checkpoint")
+    assert curve.loc["step_100", "value"] == row["value"] and result.exit_code == 0
+
+    before = engine_requests(endpoint, "tiny-b")
+    run_sweep(job)
+    assert engine_requests(endpoint, "tiny-b") == before
 
 
 def test_hle_verdicts_are_its_evaluators_reading_of_the_judges_json(tmp_path):
