@@ -58,6 +58,12 @@ SIM_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
     "RAY_USAGE_STATS_ENABLED": "0",  # usage stats would phone home
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # a simulated node is thrown away, not drained
+    # The GCS probes each raylet every health_check_period_ms and declares it dead after
+    # health_check_failure_threshold failures in a row (Ray's src/ray/common/ray_config_def.h: 3000 ms, 5). A killed
+    # simulated host refuses the probe at once, so it was declared dead 15 s after its death, and every run that
+    # loses one waits that long. 1 s probes take 5 s. A live but busy raylet is still never declared dead sooner:
+    # each probe may take health_check_timeout_ms (10 s, unchanged) before it counts as failed.
+    "RAY_health_check_period_ms": "1000",
 }
 # Every port from the OS: used where hosts share a network stack (this machine's node, loopback fallback).
 RANDOM_PORTS = ["--dashboard-agent-listen-port", "0", "--min-worker-port", "0", "--max-worker-port", "0",

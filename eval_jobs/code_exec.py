@@ -46,11 +46,15 @@ CODE_EVALUATORS = {
 }
 # Address space each program (and the scorer) may take beyond what it shares with the driver when forked.
 MEMORY_BUDGET_BYTES = 2 * 1024**3
-# Bound on one score() call: a fixed start (process pools, imports in the child) plus a share per program. Each
-# evaluator's own per-program limit is at most 10 s (mbpp); several programs run at once, so 10 s each is ample.
-BASE_TIMEOUT_S = 60.0
+# Bound on one score() call: a fixed start plus a share per program. The child is forked with the evaluator
+# imported, so the start is its process pool's (0.1-0.9 s measured on a loaded 2-core machine); 20 s leaves ample
+# room and keeps what a program that wedges the evaluator costs (the whole bound) small. Each evaluator's own
+# per-program limit is at most 10 s (mbpp); several programs run at once, so 10 s each is ample.
+BASE_TIMEOUT_S = 20.0
 PER_PROGRAM_TIMEOUT_S = 10.0
 MAX_RESULT_BYTES = 512 * 1024**2
+_LENGTH_BYTES = 8  # the result message's length prefix
+_EXIT_POLL_S = 0.1  # how often a waiting parent checks whether the child has ended
 
 
 class ExecutionFailure(RuntimeError):
@@ -87,18 +91,20 @@ def bounded_call(fn: Callable[[], Any], *, timeout_s: float, memory_bytes: int =
                 except Exception:
                     payload = pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
             with os.fdopen(write_fd, "wb") as out:
-                out.write(payload)
+                out.write(len(payload).to_bytes(_LENGTH_BYTES, "big") + payload)
         except BaseException:  # noqa: BLE001
             code = 1
         finally:
             os._exit(code)  # no atexit handlers, no Ray shutdown hooks: they belong to the driver
     os.close(write_fd)
+    status = None
     try:
-        data = _read_until(read_fd, pid, time.monotonic() + timeout_s)
+        data, status = _read_result(read_fd, pid, time.monotonic() + timeout_s)
     finally:
         os.close(read_fd)
         _kill_group(pid)
-        status = _reap(pid)
+        if status is None:
+            status = _reap(pid)
     if data is None:
         raise ExecutionFailure(f"no result within {timeout_s:g} s (the program hung or ran too long)")
     if not data:
@@ -111,25 +117,41 @@ def bounded_call(fn: Callable[[], Any], *, timeout_s: float, memory_bytes: int =
     return value
 
 
-def _read_until(fd: int, pid: int, deadline: float) -> bytes | None:
-    """Everything the child writes until it closes the pipe, or None at the deadline."""
+def _read_result(fd: int, pid: int, deadline: float) -> tuple[bytes | None, int | None]:
+    """The child's result message and, if it has ended meanwhile, its wait status; the message is None at the
+    deadline, empty when the child ended without one.
+
+    The message is length-prefixed and read to its length, not to end-of-file: every process the child forks
+    inherits the pipe, and one left behind (mbpp's Manager server once a program killed the pool worker that
+    started it) keeps the pipe open until the group is killed, which made each such call wait its whole bound.
+    For the same reason the child's own exit, not end-of-file, says no message is coming."""
     import select
 
-    chunks, size = [], 0
+    buf, status = bytearray(), None
     while True:
+        if len(buf) >= _LENGTH_BYTES:
+            size = int.from_bytes(buf[:_LENGTH_BYTES], "big")
+            if size > MAX_RESULT_BYTES:
+                raise ExecutionFailure(f"result larger than {MAX_RESULT_BYTES} bytes")
+            if len(buf) - _LENGTH_BYTES >= size:
+                return bytes(buf[_LENGTH_BYTES:_LENGTH_BYTES + size]), status
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None
-        ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
-        if not ready:
+            return None, status
+        # Once the child has ended, only what is already in the pipe can still come.
+        wait_s = 0 if status is not None else min(remaining, _EXIT_POLL_S)
+        ready, _, _ = select.select([fd], [], [], wait_s)
+        if ready:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:  # every holder closed it: a partial message is no result
+                return b"", status
+            buf += chunk
             continue
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_RESULT_BYTES:
-            raise ExecutionFailure(f"result larger than {MAX_RESULT_BYTES} bytes")
+        if status is not None:
+            return b"", status
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = wait_status
 
 
 def _kill_group(pid: int) -> None:

@@ -113,12 +113,20 @@ def _score_programs(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows
                     references: list[Any]) -> tuple[dict, dict[int, str]]:
     """score() of an evaluator that runs the programs, bounded (eval_jobs/code_exec.py). When the call over all
     samples fails and the same call with every answer empty does not, the programs are at fault: bisection finds
-    the answers that make it fail, those are failed verdicts with the reason, and the rest is scored without them
-    (their answers empty, as failed samples are scored). Returns (score() result, sample position -> reason)."""
+    the answers that make it fail (each half scored alone, as `_alone` scores one sample), those are failed verdicts
+    with the reason, and the rest is scored without them (their answers empty, as failed samples are scored). Returns (score() result, sample position -> reason)."""
     def run(kept: set[int]) -> dict:
+        """score() over every sample, those not kept with an empty answer."""
         attempt = [p if j in kept else "" for j, p in enumerate(preds)]
         return bounded_call(lambda: _score(dataset, evaluator, attempt, rows, references),
                             timeout_s=bound_for(len(preds)))
+
+    def run_alone(positions: list[int]) -> None:
+        """score() over the samples at `positions` only, bounded for that many programs: a program that wedges
+        the evaluator (one that kills its pool worker leaves mbpp's process pool waiting forever) costs the bound
+        of its own sub-batch, not that of the whole dataset."""
+        bounded_call(lambda: _score(dataset, evaluator, [preds[j] for j in positions], [rows[j] for j in positions],
+                                    references), timeout_s=bound_for(len(positions)))
 
     everything = set(range(len(preds)))
     try:
@@ -130,17 +138,21 @@ def _score_programs(dataset: EvalDataset, evaluator: Any, preds: list[Any], rows
     except (ExecutionFailure, ScoringError):
         raise ScoringError(str(first)) from None  # the evaluator fails on its own: not a program's doing
 
-    def culprits(positions: list[int]) -> dict[int, str]:
-        try:
-            run(set(positions))
-            return {}
-        except (ExecutionFailure, ScoringError) as exc:
-            if len(positions) == 1:
-                return {positions[0]: f"the program broke the scoring: {exc}"}
-        half = len(positions) // 2
-        return culprits(positions[:half]) | culprits(positions[half:])
+    def culprits(positions: list[int], failure: Exception) -> dict[int, str]:
+        """The answers among `positions`, whose call is known to fail with `failure`, that make it fail. Only the
+        halves are run: running a known failure again costs every slow program in it once more."""
+        if len(positions) == 1:
+            return {positions[0]: f"the program broke the scoring: {failure}"}
+        found: dict[int, str] = {}
+        middle = len(positions) // 2
+        for half in (positions[:middle], positions[middle:]):
+            try:
+                run_alone(half)
+            except (ExecutionFailure, ScoringError) as exc:
+                found |= culprits(half, exc)
+        return found
 
-    bad = culprits(sorted(everything))
+    bad = culprits(sorted(everything), first)
     if not bad:  # only all of them together fail: nothing to single out
         raise ScoringError(str(first))
     return run(everything - bad.keys()), bad

@@ -181,11 +181,19 @@ class Endpoint:
     def remove_models(self, names: Iterable[str], timeout_s: float = 120.0) -> None:
         """Retire several checkpoints at once: Serve deletes them side by side instead of one after another."""
         names = list(names)
-        apps = {engine_app_name(n) for n in names}
-        if not apps:
-            return
-        for app in apps:
+        self.start_removing(names)
+        self.wait_removed(names, timeout_s)
+
+    def start_removing(self, names: Iterable[str]) -> None:
+        """Ask Serve to delete these checkpoints, without waiting for their replicas to stop (`wait_removed`)."""
+        for app in {engine_app_name(n) for n in names}:
             serve.delete(app, _blocking=False)
+
+    def wait_removed(self, names: Iterable[str], timeout_s: float = 120.0) -> None:
+        """Until Serve has deleted these checkpoints (at most `timeout_s`). A replica on a host that was lost takes
+        the deployment's whole graceful-shutdown timeout (serve_apps/supervisor.py) before Serve gives up on it."""
+        names = list(names)
+        apps = {engine_app_name(n) for n in names}
         deadline = time.monotonic() + timeout_s
         while apps & set(serve.status().applications) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -348,7 +348,15 @@ class Sweep:
                 return
             with self._serve_lock:
                 self.endpoint.add_models([model], engine=p.engine, wait=False, node_address=node_address)
-            self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60, cancel=self.stop)
+            try:
+                self.endpoint.wait_ready([name], timeout_s=p.engine.startup_timeout_s + 60, cancel=self.stop)
+            except InfeasiblePlacementError as exc:
+                # Pinned to a host that died while it was being deployed there: the host was lost (deployed again
+                # elsewhere, as after a loss mid-evaluation), not a checkpoint that can never fit.
+                if node_address is not None and node_address not in {n.address for n in live_nodes()}:
+                    raise HostLostError(f"host {node_address} was lost while {name} was being deployed there: "
+                                        f"{exc}") from exc
+                raise
             self.events.write("ready", name)
             requests = self.requests[name]
             with self._store_lock:
@@ -364,7 +372,10 @@ class Sweep:
             raise
         finally:
             with self._serve_lock:
-                self.endpoint.remove_model(name)
+                self.endpoint.start_removing([name])
+            # Outside the lock: a replica lost with its host takes Serve 20 s to give up on, and the other
+            # checkpoints' deploys and retirements must not wait for it. Its devices are released once this returns.
+            self.endpoint.wait_removed([name])
             self.events.write("retired", name)
             log.info("%s: retired", name)
         self._judge(name, watch)

@@ -85,3 +85,27 @@ def test_the_callers_exception_comes_back_as_itself(tmp_path: Path):
 
     with pytest.raises(KeyError, match="the evaluator's own error"):
         bounded_call(fails, timeout_s=60)
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_result_comes_back_while_a_process_left_behind_holds_the_pipe():
+    """A process the callee leaves running inherits the result pipe; the result is read to its length, not to the
+    pipe's end, so it comes back (before, the call waited for its bound and failed), and the leftover is killed."""
+    def leaves_a_process_behind() -> int:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(3600)
+            os._exit(0)
+        return pid
+
+    leftover = bounded_call(leaves_a_process_behind, timeout_s=30)
+    deadline = time.monotonic() + 30
+    while not _gone_or_zombie(leftover) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone_or_zombie(leftover)
