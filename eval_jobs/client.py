@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import math
 import random
@@ -42,6 +43,7 @@ from eval_jobs.sse import (
     MAX_ERROR_CHARS,
     Answer,
     AttemptError,
+    as_bytes,
     consume,
     error_message,
     lines,
@@ -387,6 +389,34 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return None if seconds is None or math.isnan(seconds) else max(0.0, seconds)
+
+
+async def post_whole_answer(transports: Transports, endpoint: str, body: dict[str, Any], *, limit_s: float,
+                            bound: str, retryable_on_timeout: bool, max_bytes: int) -> dict[str, Any]:
+    """A non-streamed request's JSON answer, read whole (at most `max_bytes`) within `limit_s`: a whole answer
+    comes at once, so only its total time can be bounded (`bound` names the setting in the error, as `send_chat`
+    names its bounds). Failures are AttemptErrors, retryable as `send_chat`'s are (429 and 5xx, bad JSON)."""
+    async def attempt() -> dict[str, Any]:
+        async with transports.post(endpoint, copy.deepcopy(body)) as reply:
+            if reply.status != 200:
+                raise AttemptError(f"HTTP {reply.status}: {error_message(await read_error_body(reply.chunks))}",
+                                   retryable=reply.status == 429 or reply.status >= 500)
+            chunks, size = [], 0
+            async for chunk in reply.chunks:
+                chunks.append(as_bytes(chunk))
+                size += len(chunks[-1])
+                if size > max_bytes:
+                    raise AttemptError(f"answer larger than {max_bytes} bytes", retryable=False)
+        raw = b"".join(chunks)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise AttemptError(f"answer is not JSON: {raw[:200]!r}", retryable=True) from None
+
+    try:
+        return await asyncio.wait_for(attempt(), timeout=limit_s)
+    except TimeoutError:
+        raise AttemptError(f"no answer within {limit_s:g} s ({bound})", retryable=retryable_on_timeout) from None
 
 
 def _backoff(attempt: int, backoff_s: float, retry_after_s: float | None) -> float:

@@ -54,9 +54,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.errors import ConfigError
-from eval_jobs.client import Bounds, Transports, _backoff
+from eval_jobs.client import Bounds, Transports, _backoff, post_whole_answer
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.sse import MAX_ERROR_CHARS, AttemptError, as_bytes, error_message, read_error_body
+from eval_jobs.sse import MAX_ERROR_CHARS, AttemptError
 
 INFERENCER = "BFCLV3FunctionCallInferencer"
 SPEC = "function_calls"  # the body field holding a question's spec: what marks a function-call sample
@@ -325,36 +325,17 @@ async def _step(transports: Transports, endpoint: str, body: dict[str, Any], bou
 async def _bounded_attempt(transports: Transports, endpoint: str, body: dict[str, Any],
                            bounds: Bounds) -> dict[str, Any]:
     """A whole answer comes at once, after the whole generation: its silence is bounded by the first-token wait
-    plus the idle bound (or the total cap, if shorter), named in the error as `send_chat` names them."""
+    plus the idle bound (or the total cap, if shorter)."""
     limit, name, retryable = bounds.first_s + bounds.idle_s, "eval.first_token_timeout_s + eval.timeout_s", True
     if bounds.total_s is not None and bounds.total_s < limit:
         limit, name, retryable = bounds.total_s, "eval.max_request_s, the total cap", False
-    try:
-        return await asyncio.wait_for(_attempt(transports, endpoint, body), timeout=limit)
-    except TimeoutError:
-        raise AttemptError(f"no answer within {limit:g} s ({name})", retryable=retryable) from None
-
-
-async def _attempt(transports: Transports, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with transports.post(endpoint, copy.deepcopy(body)) as reply:
-        if reply.status != 200:
-            raise AttemptError(f"HTTP {reply.status}: {error_message(await read_error_body(reply.chunks))}",
-                               retryable=reply.status == 429 or reply.status >= 500)
-        chunks, size = [], 0
-        async for chunk in reply.chunks:
-            chunks.append(as_bytes(chunk))
-            size += len(chunks[-1])
-            if size > MAX_ANSWER_BYTES:
-                raise AttemptError(f"answer larger than {MAX_ANSWER_BYTES} bytes", retryable=False)
-    raw = b"".join(chunks)
-    try:
-        answer = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise AttemptError(f"answer is not JSON: {raw[:200]!r}", retryable=True) from None
+    answer = await post_whole_answer(transports, endpoint, body, limit_s=limit, bound=name,
+                                     retryable_on_timeout=retryable, max_bytes=MAX_ANSWER_BYTES)
     try:
         message = answer["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
-        raise AttemptError(f"answer has no choices[0].message: {raw[:200]!r}", retryable=True) from None
+        raise AttemptError(f"answer has no choices[0].message: {json.dumps(answer)[:200]!r}",
+                           retryable=True) from None
     if not isinstance(message, dict):
         raise AttemptError(f"choices[0].message is {type(message).__name__}, not an object", retryable=True)
     return answer

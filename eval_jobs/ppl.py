@@ -30,16 +30,14 @@ rerun that retries the question sends only the options it has no answer for yet 
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from eval_jobs.client import Bounds, Transports, _backoff
+from eval_jobs.client import Bounds, Transports, _backoff, post_whole_answer
 from eval_jobs.records import SampleKey, SampleRequest, SampleResult
-from eval_jobs.sse import MAX_ERROR_CHARS, AttemptError, as_bytes, error_message, read_error_body
+from eval_jobs.sse import MAX_ERROR_CHARS, AttemptError
 
 INFERENCER = "PPLInferencer"
 # Fields of AISBench's PPL body that evalcluster sets itself (see the module docstring on max_tokens).
@@ -219,31 +217,12 @@ def _total(parts: list[dict[str, Any]], field: str) -> int | None:
 async def _bounded_attempt(transports: Transports, endpoint: str, body: dict[str, Any],
                            bounds: Bounds) -> tuple[float, int, dict[str, int]]:
     """One option request. Its whole answer comes at once, after the prefill, so it is bounded by the first-token
-    wait (and the total cap, if shorter), named in the error as `send_chat` names them."""
+    wait (and the total cap, if shorter)."""
     limit, name, retryable = bounds.first_s, "eval.first_token_timeout_s", True
     if bounds.total_s is not None and bounds.total_s < limit:
         limit, name, retryable = bounds.total_s, "eval.max_request_s, the total cap", False
-    try:
-        return await asyncio.wait_for(_attempt(transports, endpoint, body), timeout=limit)
-    except TimeoutError:
-        raise AttemptError(f"no answer within {limit:g} s ({name})", retryable=retryable) from None
-
-
-async def _attempt(transports: Transports, endpoint: str, body: dict[str, Any]) -> tuple[float, int, dict[str, int]]:
-    async with transports.post(endpoint, copy.deepcopy(body)) as reply:
-        if reply.status != 200:
-            raise AttemptError(f"HTTP {reply.status}: {error_message(await read_error_body(reply.chunks))}",
-                               retryable=reply.status == 429 or reply.status >= 500)
-        chunks, size = [], 0
-        async for chunk in reply.chunks:
-            chunks.append(as_bytes(chunk))
-            size += len(chunks[-1])
-            if size > MAX_ANSWER_BYTES:
-                raise AttemptError(f"answer larger than {MAX_ANSWER_BYTES} bytes", retryable=False)
-    try:
-        answer = json.loads(b"".join(chunks))
-    except (ValueError, RecursionError):
-        raise AttemptError(f"answer is not JSON: {b''.join(chunks)[:200]!r}", retryable=True) from None
+    answer = await post_whole_answer(transports, endpoint, body, limit_s=limit, bound=name,
+                                     retryable_on_timeout=retryable, max_bytes=MAX_ANSWER_BYTES)
     ppl, tokens = perplexity(prompt_logprobs_of(answer))
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
     counts = {k: usage[k] for k in ("prompt_tokens", "completion_tokens") if isinstance(usage.get(k), int)}
